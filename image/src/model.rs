@@ -1,0 +1,170 @@
+//! What one process image holds (the `META` section, JSON), independent of how the
+//! container frames it. The page data lives in the `PAGES` section; `PAGEMAP` lists its
+//! runs.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the `ProcessMeta` schema inside the META section.
+pub const META_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessMeta {
+    pub meta_version: u32,
+    /// The pid the program sees (stable across restarts).
+    pub vpid: i32,
+    /// The real pid at checkpoint time.
+    pub real_pid: i32,
+    pub vppid: i32,
+    pub program: String,
+    pub exe: String,
+    pub argv: Vec<String>,
+    pub host: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub created_unix: u64,
+    pub generation: u64,
+    pub requirements: Requirements,
+    pub regions: Vec<Region>,
+    pub threads: Vec<ThreadMeta>,
+    pub files: Vec<FdMeta>,
+    pub attrs: ProcAttrs,
+    /// Where the restorer jumps (the checkpoint thread's saved context).
+    pub entry: Entry,
+}
+
+/// What the machine that restores must match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requirements {
+    /// `uname -r` at checkpoint.
+    pub kernel_release: String,
+    /// FNV-1a of the [vdso] bytes: cached vdso pointers need the very same vdso.
+    pub vdso_hash: u64,
+    /// XCR0: the extended register state the signal frames hold.
+    pub xsave_features: u64,
+    pub page_size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prot {
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+}
+
+impl Prot {
+    pub fn bits(&self) -> u32 {
+        (self.read as u32) | ((self.write as u32) << 1) | ((self.exec as u32) << 2)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum RegionKind {
+    /// Anonymous private memory (incl. thread stacks, malloc arenas).
+    Anon,
+    /// The brk heap.
+    Heap,
+    /// The main thread's stack.
+    Stack,
+    /// A private mapping of a file; unmodified pages are re-read from the file.
+    File { path: String, offset: u64, dev: u64, ino: u64, size: u64, mtime_ns: i64 },
+    Vvar,
+    VvarVclock,
+    Vdso,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Region {
+    pub start: u64,
+    pub end: u64,
+    pub prot: Prot,
+    pub shared: bool,
+    #[serde(flatten)]
+    pub kind: RegionKind,
+    /// Bytes of this region stored in the image.
+    pub stored_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadMeta {
+    pub vtid: i32,
+    pub name: String,
+    /// The runtime's checkpoint thread (not a thread of the program).
+    pub runtime: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum FdKind {
+    /// stdin/stdout/stderr: re-attached to the restarting command's.
+    Inherited,
+    Regular { path: String, offset: u64, dev: u64, ino: u64 },
+    Directory { path: String },
+    /// A device such as /dev/null, /dev/zero, /dev/urandom.
+    Device { path: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdMeta {
+    pub fd: i32,
+    /// open(2) flags (access mode, O_APPEND, O_NONBLOCK, ...).
+    pub flags: i32,
+    pub cloexec: bool,
+    #[serde(flatten)]
+    pub kind: FdKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcAttrs {
+    pub cwd: String,
+    pub umask: u32,
+    /// (resource, soft, hard)
+    pub rlimits: Vec<(u32, u64, u64)>,
+    /// Kernel view of `struct prctl_mm_map` fields: code/data/brk/stack/arg/env/auxv.
+    pub mm: MmFields,
+    pub auxv: Vec<(u64, u64)>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmFields {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    /// Address of the auxv copy in restored memory that PR_SET_MM_MAP should point at (0: keep).
+    pub auxv_addr: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub rbx: u64,
+    pub rbp: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rsp: u64,
+    pub rip: u64,
+    pub fs_base: u64,
+    /// Address of the runtime's `RestoreInfo` slot.
+    pub restore_info_addr: u64,
+}
+
+/// One run of page data in the PAGES section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRun {
+    /// Virtual address the bytes go to.
+    pub addr: u64,
+    pub len: u64,
+    /// Absolute offset of the bytes in the image file.
+    pub offset: u64,
+    /// CRC-32C of the bytes.
+    pub crc32c: u32,
+}
