@@ -1,1 +1,105 @@
-//! placeholder
+//! `libckpt.so`: the runtime preloaded into every checkpointed process.
+//!
+//! At start-up (an ELF constructor) it installs the checkpoint signal's handler and starts
+//! the checkpoint thread, which connects to the job's coordinator and follows its barrier
+//! sequence (see `agent`). Everything it does while user threads are parked uses its own
+//! allocator (`alloc`) and raw system calls (`sys`).
+//!
+//! Environment: `CKPT_SOCKET` (coordinator socket; without it the runtime stays inert),
+//! `CKPT_DIR`, `CKPT_LOG` (error, warn, info, debug), `CKPT_SIGNAL` (default 62).
+
+mod agent;
+mod alloc;
+mod ctx;
+mod files;
+mod log;
+mod memory;
+mod process;
+mod sys;
+mod threads;
+mod vids;
+
+pub use vids::{getpid, getppid, gettid, kill, pthread_sigmask, sigaction, signal, sigprocmask, tgkill};
+
+use std::ffi::CStr;
+use std::os::raw::c_char;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+#[global_allocator]
+static ALLOC: alloc::RuntimeAlloc = alloc::RuntimeAlloc::new();
+
+/// Start-up configuration read from the exec-time environment.
+pub struct Config {
+    pub socket: String,
+    pub ckpt_dir: String,
+    pub argv: Vec<String>,
+}
+
+pub static mut CONFIG: Option<Config> = None;
+static CKPT_TID: AtomicI32 = AtomicI32::new(0);
+
+pub fn config() -> &'static Config {
+    // SAFETY: written once by the constructor before the checkpoint thread starts; only read
+    // afterwards (the restart path updates it from the checkpoint thread alone).
+    unsafe { (*std::ptr::addr_of!(CONFIG)).as_ref().expect("runtime configured") }
+}
+
+pub fn is_runtime_thread(tid: i32) -> bool {
+    tid == CKPT_TID.load(Ordering::Relaxed)
+}
+
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn(i32, *const *const c_char, *const *const c_char) = ctor;
+
+extern "C" fn ctor(argc: i32, argv: *const *const c_char, envp: *const *const c_char) {
+    // Read the environment from envp, not getenv: a shell may have replaced getenv.
+    let mut socket = None;
+    let mut dir = String::new();
+    let mut sig = 62;
+    let mut i = 0;
+    while !envp.is_null() {
+        // SAFETY: envp is the NUL-terminated array the loader passes to constructors.
+        let p = unsafe { *envp.add(i) };
+        if p.is_null() {
+            break;
+        }
+        // SAFETY: each entry is a NUL-terminated string.
+        let s = unsafe { CStr::from_ptr(p) }.to_string_lossy();
+        if let Some(v) = s.strip_prefix("CKPT_SOCKET=") {
+            socket = Some(v.to_string());
+        } else if let Some(v) = s.strip_prefix("CKPT_DIR=") {
+            dir = v.to_string();
+        } else if let Some(v) = s.strip_prefix("CKPT_LOG=") {
+            log::set_level(v);
+        } else if let Some(v) = s.strip_prefix("CKPT_SIGNAL=") {
+            sig = v.parse().unwrap_or(62);
+        }
+        i += 1;
+    }
+    let Some(socket) = socket else { return };
+    // Our own tools never run under checkpoint control.
+    if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
+        let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name == "ckpt" || name == "ckpt-coordinatord" || name == "ckpt-restore" {
+            return;
+        }
+    }
+    let mut args = Vec::new();
+    for k in 0..argc.max(0) as usize {
+        // SAFETY: argv has argc NUL-terminated entries.
+        let p = unsafe { *argv.add(k) };
+        if p.is_null() {
+            break;
+        }
+        // SAFETY: as above.
+        args.push(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned());
+    }
+    // SAFETY: single-threaded at constructor time.
+    unsafe { CONFIG = Some(Config { socket, ckpt_dir: dir, argv: args }) };
+    if !(1..=64).contains(&sig) || sig == libc::SIGKILL || sig == libc::SIGSTOP {
+        sig = 62;
+    }
+    vids::CKPT_SIG.store(sig, Ordering::Relaxed);
+    agent::start();
+}

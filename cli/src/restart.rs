@@ -1,0 +1,536 @@
+//! `ckpt restart`: validate the newest complete generation, build the restore plan and
+//! exec the restorer (this process becomes the restored program, so the program keeps
+//! this command's stdin/stdout/stderr, and its exit status is this command's).
+//!
+//! Everything that can be checked is checked here, with std Rust, before the address
+//! space is given up: image checksums, the kernel and vdso, CPU register state, the
+//! files that mappings and descriptors refer to. The restorer only executes the plan.
+
+use anyhow::{bail, Context};
+use ckpt_image::{CkptDir, FdKind, ImageReader, PageRun, ProcessMeta, RegionKind};
+use ckpt_plan::*;
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+static RESTORER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ckpt-restore.bin"));
+
+/// Restores generation `generation` (default: newest complete) of `dir` in this process.
+/// Returns only on error (on success the process image is replaced).
+pub fn run(dir: &Path, generation: Option<u64>) -> anyhow::Result<()> {
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let cd = CkptDir::open(&dir)
+        .with_context(|| format!("opening checkpoint directory {}", dir.display()))?;
+    let gens = cd.generations()?;
+    let gen = match generation {
+        Some(n) => {
+            let g = gens
+                .iter()
+                .find(|g| g.number == n)
+                .with_context(|| format!("there is no generation {n} in {}", dir.display()))?;
+            if let Some(p) = g.problem() {
+                bail!(
+                    "generation {n} in {} cannot be restored: {p}",
+                    dir.display()
+                );
+            }
+            g.clone()
+        }
+        None => match cd.newest_complete()? {
+            Some(g) => g,
+            None => {
+                let mut msg = format!("{} holds no complete checkpoint", dir.display());
+                for g in &gens {
+                    if let Some(p) = g.problem() {
+                        msg.push_str(&format!("\n  generation {}: {p}", g.number));
+                    }
+                }
+                bail!(msg);
+            }
+        },
+    };
+    let manifest = gen
+        .manifest
+        .as_ref()
+        .context("complete generation without manifest")?;
+    if manifest.processes.len() != 1 {
+        bail!(
+            "generation {} holds {} processes; restarting several processes is not supported yet",
+            gen.number,
+            manifest.processes.len()
+        );
+    }
+    let img_path = gen.path.join(&manifest.processes[0].file);
+    let reader = ImageReader::open(&img_path)?;
+    let meta = reader.meta()?;
+    let runs = reader.page_runs()?;
+    reader.verify_pages()?;
+    check_machine(&meta, &img_path)?;
+    check_files(&meta, &img_path)?;
+
+    let socket = crate::coord::ensure_coordinator(&dir, None, 3)?;
+
+    // Descriptors handed to the restorer, placed high so that none is 0-2.
+    let image_fd = high(
+        std::fs::File::open(&img_path)
+            .with_context(|| format!("opening {}", img_path.display()))?,
+    )?;
+    let mut close = vec![image_fd];
+    let mut file_fds: Vec<(String, RawFd)> = Vec::new();
+    for r in &meta.regions {
+        if let RegionKind::File { path, .. } = &r.kind {
+            if !file_fds.iter().any(|(p, _)| p == path) {
+                let f = std::fs::File::open(path)
+                    .with_context(|| format!("opening {path} (mapped by the program)"))?;
+                let fd = high(f)?;
+                file_fds.push((path.clone(), fd));
+                close.push(fd);
+            }
+        }
+    }
+    if close.len() + 1 > MAX_CLOSE_FDS {
+        bail!(
+            "the program maps {} distinct files; at most {} are supported",
+            file_fds.len(),
+            MAX_CLOSE_FDS - 2
+        );
+    }
+    let info = serde_json::json!({
+        "socket": socket.to_string_lossy(),
+        "ckpt_dir": dir.to_string_lossy(),
+        "generation": gen.number,
+    });
+    let info_fd = memfd("ckpt-restart-info", false, info.to_string().as_bytes())?;
+    let (header, ops) = build_plan(
+        &meta, &runs, image_fd, info_fd, &file_fds, &close, &img_path,
+    )?;
+    let mut plan_bytes = Vec::new();
+    // SAFETY: PlanHeader and Op are repr(C) plain data.
+    unsafe {
+        plan_bytes.extend_from_slice(as_bytes(&header));
+        for op in &ops {
+            plan_bytes.extend_from_slice(as_bytes(op));
+        }
+    }
+    let plan_fd = memfd("ckpt-restore-plan", false, &plan_bytes)?;
+    let exe_fd = memfd("ckpt-restore", true, RESTORER)?;
+    let argv0 = CString::new("ckpt-restore").unwrap();
+    let argv1 = CString::new(plan_fd.to_string()).unwrap();
+    let argv = [argv0.as_ptr(), argv1.as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: execveat of our memfd with NUL-terminated argv/envp; returns only on error.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            exe_fd,
+            c"".as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+    }
+    bail!(
+        "cannot execute the restorer: {}",
+        std::io::Error::last_os_error()
+    )
+}
+
+fn high(f: std::fs::File) -> anyhow::Result<RawFd> {
+    // SAFETY: duplicating an fd we own to a number >= 100 without close-on-exec.
+    let fd = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_DUPFD, 100) };
+    if fd < 0 {
+        bail!("fcntl(F_DUPFD): {}", std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+fn memfd(name: &str, cloexec: bool, data: &[u8]) -> anyhow::Result<RawFd> {
+    let c = CString::new(name).unwrap();
+    // SAFETY: memfd_create with a NUL-terminated name.
+    let fd = unsafe { libc::memfd_create(c.as_ptr(), if cloexec { libc::MFD_CLOEXEC } else { 0 }) };
+    if fd < 0 {
+        bail!("memfd_create: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: we own the new fd.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.write_all(data).context("writing a memfd")?;
+    std::io::Seek::rewind(&mut f).context("rewinding a memfd")?;
+    let f = f.into_raw_fd();
+    if cloexec {
+        return Ok(f);
+    }
+    // SAFETY: move it high too, keep it open across exec.
+    let h = unsafe { libc::fcntl(f, libc::F_DUPFD, 100) };
+    // SAFETY: closing the original number.
+    unsafe { libc::close(f) };
+    if h < 0 {
+        bail!("fcntl(F_DUPFD): {}", std::io::Error::last_os_error());
+    }
+    Ok(h)
+}
+
+/// The current process's [vdso] extent and the kernel's vdso group sizes by name.
+fn own_vdso() -> (Option<(u64, u64)>, Vec<(String, u64)>) {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut vdso = None;
+    let mut sizes = Vec::new();
+    for l in maps.lines() {
+        let name = l.split_whitespace().nth(5).unwrap_or("");
+        if !matches!(name, "[vdso]" | "[vvar]" | "[vvar_vclock]") {
+            continue;
+        }
+        let range = l.split_whitespace().next().unwrap_or("");
+        let (a, b) = range.split_once('-').unwrap_or(("0", "0"));
+        let (a, b) = (
+            u64::from_str_radix(a, 16).unwrap_or(0),
+            u64::from_str_radix(b, 16).unwrap_or(0),
+        );
+        if name == "[vdso]" {
+            vdso = Some((a, b));
+        }
+        sizes.push((name.to_string(), b - a));
+    }
+    (vdso, sizes)
+}
+
+fn fnv(start: u64, end: u64) -> u64 {
+    // SAFETY: [start, end) is this process's own [vdso], always readable.
+    let b = unsafe { std::slice::from_raw_parts(start as *const u8, (end - start) as usize) };
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &x in b {
+        h ^= x as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+fn xcr0() -> u64 {
+    let c = std::arch::x86_64::__cpuid(1);
+    if c.ecx & (1 << 27) == 0 {
+        return 0;
+    }
+    let (lo, hi): (u32, u32);
+    // SAFETY: xgetbv(0) is valid when OSXSAVE is set.
+    unsafe {
+        std::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack))
+    };
+    ((hi as u64) << 32) | lo as u64
+}
+
+/// Refuses an image this machine cannot run: other kernel build (cached vdso pointers),
+/// CPU register state the kernel here does not save, another user.
+fn check_machine(meta: &ProcessMeta, img: &Path) -> anyhow::Result<()> {
+    let here = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let req = &meta.requirements;
+    if req.kernel_release != here {
+        bail!(
+            "{}: the image was taken under kernel {} but this machine runs {}; restore on a machine with the same kernel build",
+            img.display(),
+            req.kernel_release,
+            here
+        );
+    }
+    let (vdso, sizes) = own_vdso();
+    if let Some((a, b)) = vdso {
+        if req.vdso_hash != 0 && fnv(a, b) != req.vdso_hash {
+            bail!("{}: the kernel's vdso differs from the checkpointed one (same release, other build?)", img.display());
+        }
+    }
+    for r in &meta.regions {
+        let name = match r.kind {
+            RegionKind::Vdso => "[vdso]",
+            RegionKind::Vvar => "[vvar]",
+            RegionKind::VvarVclock => "[vvar_vclock]",
+            _ => continue,
+        };
+        let here = sizes.iter().find(|(n, _)| n == name).map(|(_, s)| *s);
+        if here != Some(r.end - r.start) {
+            bail!(
+                "{}: {name} is {:?} bytes here but was {} at checkpoint time",
+                img.display(),
+                here,
+                r.end - r.start
+            );
+        }
+    }
+    let x = xcr0();
+    if req.xsave_features & !x != 0 {
+        bail!(
+            "{}: the image holds CPU register state (XCR0 {:#x}) this machine does not provide (XCR0 {:#x})",
+            img.display(),
+            req.xsave_features,
+            x
+        );
+    }
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    if uid != meta.uid && uid != 0 {
+        bail!(
+            "{}: the image belongs to uid {}, you are uid {uid}",
+            img.display(),
+            meta.uid
+        );
+    }
+    if uid != meta.uid {
+        bail!("{}: the image belongs to uid {}; restore it as that user (a restore never changes identity)", img.display(), meta.uid);
+    }
+    Ok(())
+}
+
+/// Mapped files must be the very files of the checkpoint; descriptors' files must exist.
+fn check_files(meta: &ProcessMeta, img: &Path) -> anyhow::Result<()> {
+    for r in &meta.regions {
+        if r.start < RESTORER_BASE + RESTORER_SPAN && r.end > RESTORER_BASE {
+            bail!(
+                "{}: region {:#x}-{:#x} overlaps the restorer's fixed window {:#x}-{:#x}",
+                img.display(),
+                r.start,
+                r.end,
+                RESTORER_BASE,
+                RESTORER_BASE + RESTORER_SPAN
+            );
+        }
+        if let RegionKind::File {
+            path,
+            dev,
+            ino,
+            size,
+            mtime_ns,
+            ..
+        } = &r.kind
+        {
+            let md = std::fs::metadata(path).with_context(|| {
+                format!(
+                    "{}: the program mapped {path}, which is gone",
+                    img.display()
+                )
+            })?;
+            let m = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+            if md.dev() != *dev || md.ino() != *ino || md.size() != *size || m != *mtime_ns {
+                bail!(
+                    "{}: {path} changed since the checkpoint (it is mapped by the program; reinstalling or editing it breaks the restore)",
+                    img.display()
+                );
+            }
+        }
+    }
+    for f in &meta.files {
+        match &f.kind {
+            FdKind::Regular { path, .. } | FdKind::Directory { path } | FdKind::Device { path } => {
+                std::fs::metadata(path).with_context(|| {
+                    format!(
+                        "{}: fd {} refers to {path}, which is gone",
+                        img.display(),
+                        f.fd
+                    )
+                })?;
+            }
+            FdKind::Inherited => {}
+        }
+    }
+    Ok(())
+}
+
+fn prot_bits(p: &ckpt_image::Prot) -> u32 {
+    (if p.read { PROT_READ } else { 0 })
+        | (if p.write { PROT_WRITE } else { 0 })
+        | (if p.exec { PROT_EXEC } else { 0 })
+}
+
+fn build_plan(
+    meta: &ProcessMeta,
+    runs: &[PageRun],
+    image_fd: RawFd,
+    info_fd: RawFd,
+    file_fds: &[(String, RawFd)],
+    close: &[RawFd],
+    img: &Path,
+) -> anyhow::Result<(PlanHeader, Vec<Op>)> {
+    let mut h = PlanHeader {
+        image_fd,
+        info_fd,
+        ..Default::default()
+    };
+    let mut maps = Vec::new();
+    let mut reads = Vec::new();
+    let mut protects = Vec::new();
+    let mut sorted: Vec<&PageRun> = runs.iter().collect();
+    sorted.sort_by_key(|r| r.addr);
+    let mut ri = 0;
+    for r in &meta.regions {
+        let final_prot = prot_bits(&r.prot);
+        match r.kind {
+            RegionKind::Vdso => {
+                h.vdso.vdso_addr = r.start;
+                h.vdso.vdso_len = r.end - r.start;
+                continue;
+            }
+            RegionKind::Vvar => {
+                h.vdso.vvar_addr = r.start;
+                h.vdso.vvar_len = r.end - r.start;
+                continue;
+            }
+            RegionKind::VvarVclock => {
+                h.vdso.vclock_addr = r.start;
+                h.vdso.vclock_len = r.end - r.start;
+                continue;
+            }
+            _ => {}
+        }
+        // Runs belonging to this region (regions and runs are both sorted).
+        while ri < sorted.len() && sorted[ri].addr < r.start {
+            bail!(
+                "{}: page data at {:#x} lies outside every region",
+                img.display(),
+                sorted[ri].addr
+            );
+        }
+        let first = ri;
+        while ri < sorted.len() && sorted[ri].addr < r.end {
+            if sorted[ri].addr + sorted[ri].len > r.end {
+                bail!(
+                    "{}: page data at {:#x} crosses the end of its region",
+                    img.display(),
+                    sorted[ri].addr
+                );
+            }
+            ri += 1;
+        }
+        let has_data = ri > first;
+        let map_prot = if has_data {
+            final_prot | PROT_WRITE | PROT_READ
+        } else {
+            final_prot
+        };
+        let len = r.end - r.start;
+        let op = match &r.kind {
+            RegionKind::File { path, offset, .. } => {
+                let fd = file_fds
+                    .iter()
+                    .find(|(p, _)| p == path)
+                    .map(|(_, fd)| *fd)
+                    .context("file fd")?;
+                Op {
+                    kind: OP_MAP_FILE,
+                    prot: map_prot,
+                    flags: 0,
+                    fd,
+                    addr: r.start,
+                    len,
+                    off: *offset,
+                }
+            }
+            RegionKind::Stack => Op {
+                kind: OP_MAP_ANON,
+                prot: map_prot,
+                flags: FLAG_GROWSDOWN,
+                fd: -1,
+                addr: r.start,
+                len,
+                off: 0,
+            },
+            _ => Op {
+                kind: OP_MAP_ANON,
+                prot: map_prot,
+                flags: 0,
+                fd: -1,
+                addr: r.start,
+                len,
+                off: 0,
+            },
+        };
+        maps.push(op);
+        for run in &sorted[first..ri] {
+            reads.push(Op {
+                kind: OP_READ,
+                prot: 0,
+                flags: 0,
+                fd: -1,
+                addr: run.addr,
+                len: run.len,
+                off: run.offset,
+            });
+        }
+        if map_prot != final_prot {
+            protects.push(Op {
+                kind: OP_PROTECT,
+                prot: final_prot,
+                flags: 0,
+                fd: -1,
+                addr: r.start,
+                len,
+                off: 0,
+            });
+        }
+    }
+    if ri != sorted.len() {
+        bail!(
+            "{}: page data at {:#x} lies outside every region",
+            img.display(),
+            sorted[ri].addr
+        );
+    }
+    let e = &meta.entry;
+    if e.rip == 0 || e.rsp == 0 || e.restore_info_addr == 0 {
+        bail!("{}: the image has no restart entry", img.display());
+    }
+    h.jump = JumpContext {
+        rbx: e.rbx,
+        rbp: e.rbp,
+        r12: e.r12,
+        r13: e.r13,
+        r14: e.r14,
+        r15: e.r15,
+        rsp: e.rsp,
+        rip: e.rip,
+        fs_base: e.fs_base,
+    };
+    h.restore_info_addr = e.restore_info_addr;
+    let m = &meta.attrs.mm;
+    let auxv_bytes = (meta.attrs.auxv.len().min(63) * 16) as u32;
+    h.mm = MmMap {
+        start_code: m.start_code,
+        end_code: m.end_code,
+        start_data: m.start_data,
+        end_data: m.end_data,
+        start_brk: m.start_brk,
+        brk: m.brk,
+        start_stack: m.start_stack,
+        arg_start: m.arg_start,
+        arg_end: m.arg_end,
+        env_start: m.env_start,
+        env_end: m.env_end,
+        auxv: if auxv_bytes <= 416 && m.auxv_addr != 0 {
+            m.auxv_addr
+        } else {
+            0
+        },
+        auxv_size: if auxv_bytes <= 416 && m.auxv_addr != 0 {
+            auxv_bytes
+        } else {
+            0
+        },
+        exe_fd: u32::MAX,
+    };
+    if m.start_code < m.end_code
+        && m.start_brk <= m.brk
+        && m.arg_start <= m.arg_end
+        && m.env_start <= m.env_end
+    {
+        h.mm_flags = MM_MAP_VALID;
+    }
+    h.n_close = close.len() as u32;
+    for (i, fd) in close.iter().enumerate() {
+        h.close_fds[i] = *fd;
+    }
+    let mut ops = maps;
+    ops.extend(reads);
+    ops.extend(protects);
+    h.n_ops = ops.len() as u32;
+    Ok((h, ops))
+}

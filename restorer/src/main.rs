@@ -1,0 +1,453 @@
+//! `ckpt-restore`: the only code that runs while a process's address space is replaced.
+//!
+//! `ckpt restart` validates the image and writes a *plan* (see the `ckpt-plan` crate) into
+//! a memfd, then execs this program with the memfd's number as its only argument. We:
+//! 1. switch to a stack inside our own fixed window and block every signal;
+//! 2. map the plan, check its magic and version;
+//! 3. unmap everything except our window and the kernel's [vvar]/[vvar_vclock]/[vdso];
+//! 4. move those three, together, to the addresses they had at checkpoint time;
+//! 5. run the plan's operations (map, read page data, protect) in order;
+//! 6. restore the kernel's view of brk/args/env/auxv (PR_SET_MM_MAP), close the plan's fds,
+//!    leave a note for the runtime and jump to the checkpoint thread's saved context.
+//!
+//! No libc, no allocation, no parsing beyond /proc/self/maps and fixed structs.
+#![no_std]
+#![no_main]
+
+mod sys;
+
+use ckpt_plan::*;
+use core::arch::{asm, global_asm};
+use sys::*;
+
+const STACK_SIZE: usize = 256 * 1024;
+
+#[repr(C, align(16))]
+struct Stack([u8; STACK_SIZE]);
+
+#[no_mangle]
+static mut RESTORER_STACK: Stack = Stack([0; STACK_SIZE]);
+
+global_asm!(
+    ".globl _start",
+    ".type _start,@function",
+    "_start:",
+    "xor ebp, ebp",
+    "mov rdi, rsp",
+    "lea rsp, [rip + RESTORER_STACK + {size}]",
+    "call {main}",
+    "ud2",
+    size = const STACK_SIZE,
+    main = sym rmain,
+);
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    die("internal error (panic)", 0, 0)
+}
+
+const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+const PAGE: u64 = 4096;
+
+fn parse_dec(mut p: *const u8) -> Option<usize> {
+    let mut v: usize = 0;
+    let mut n = 0;
+    loop {
+        // SAFETY: p walks a NUL-terminated argv string provided by the kernel.
+        let c = unsafe { *p };
+        if c == 0 {
+            break;
+        }
+        if !c.is_ascii_digit() || n > 9 {
+            return None;
+        }
+        v = v * 10 + (c - b'0') as usize;
+        n += 1;
+        // SAFETY: still inside the NUL-terminated string.
+        p = unsafe { p.add(1) };
+    }
+    if n == 0 {
+        None
+    } else {
+        Some(v)
+    }
+}
+
+/// One mapping of our own process, as far as we need to know.
+#[derive(Clone, Copy, Default)]
+struct Vma {
+    start: u64,
+    end: u64,
+    /// 1 = [vvar], 2 = [vvar_vclock], 3 = [vdso], 4 = [vsyscall], 0 = other
+    special: u8,
+}
+
+const MAX_VMAS: usize = 128;
+static mut MAPS_BUF: [u8; 64 * 1024] = [0; 64 * 1024];
+
+fn hexval(s: &[u8]) -> u64 {
+    let mut v = 0u64;
+    for &c in s {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => 0,
+        };
+        v = (v << 4) | d as u64;
+    }
+    v
+}
+
+/// Reads /proc/self/maps (our own, a freshly exec'd static binary: a dozen lines).
+fn read_maps(out: &mut [Vma; MAX_VMAS]) -> usize {
+    let path = b"/proc/self/maps\0";
+    // SAFETY: path is NUL-terminated; O_RDONLY.
+    let fd = unsafe { sc3(SYS_OPEN, path.as_ptr() as usize, 0, 0) };
+    if fd < 0 {
+        die("cannot open /proc/self/maps; errno", (-fd) as u64, 0);
+    }
+    // SAFETY: single-threaded; MAPS_BUF is only used here.
+    let buf = unsafe { &mut *core::ptr::addr_of_mut!(MAPS_BUF) };
+    let mut len = 0usize;
+    loop {
+        if len == buf.len() {
+            die("/proc/self/maps larger than expected", len as u64, 0);
+        }
+        // SAFETY: reading into the unused tail of buf.
+        let r = unsafe { sc3(SYS_READ, fd as usize, buf.as_mut_ptr() as usize + len, buf.len() - len) };
+        if r == -EINTR {
+            continue;
+        }
+        if r < 0 {
+            die("reading /proc/self/maps failed; errno", (-r) as u64, 0);
+        }
+        if r == 0 {
+            break;
+        }
+        len += r as usize;
+    }
+    // SAFETY: closing the fd we opened.
+    unsafe { sc3(SYS_CLOSE, fd as usize, 0, 0) };
+    let data = &buf[..len];
+    let mut n = 0;
+    for line in data.split(|&c| c == b'\n') {
+        if line.is_empty() {
+            continue;
+        }
+        let dash = match line.iter().position(|&c| c == b'-') {
+            Some(d) => d,
+            None => continue,
+        };
+        let sp = match line.iter().position(|&c| c == b' ') {
+            Some(s) => s,
+            None => continue,
+        };
+        let start = hexval(&line[..dash]);
+        let end = hexval(&line[dash + 1..sp]);
+        let special = if line.ends_with(b"[vvar]") {
+            1
+        } else if line.ends_with(b"[vvar_vclock]") {
+            2
+        } else if line.ends_with(b"[vdso]") {
+            3
+        } else if line.ends_with(b"[vsyscall]") {
+            4
+        } else {
+            0
+        };
+        if n == MAX_VMAS {
+            die("too many mappings in the restorer", n as u64, 0);
+        }
+        out[n] = Vma { start, end, special };
+        n += 1;
+    }
+    n
+}
+
+fn munmap(lo: u64, hi: u64) {
+    if hi > lo {
+        // SAFETY: unmapping a range that holds none of our own code, data or stack.
+        let r = unsafe { sc3(SYS_MUNMAP, lo as usize, (hi - lo) as usize, 0) };
+        if r < 0 {
+            die("munmap failed", lo, (-r) as u64);
+        }
+    }
+}
+
+fn mremap(from: u64, len: u64, to: u64) {
+    // SAFETY: moving a whole kernel-provided VMA to a destination we have made free.
+    let r = unsafe {
+        sc6(SYS_MREMAP, from as usize, len as usize, len as usize, MREMAP_MAYMOVE | MREMAP_FIXED, to as usize, 0)
+    };
+    if r < 0 || r as u64 != to {
+        die("mremap of the vdso/vvar failed", from, to);
+    }
+}
+
+/// Unmaps everything but our window and the vdso group; moves the group to its recorded
+/// place.
+fn clear_address_space(plan: &PlanHeader) {
+    let mut vmas = [Vma::default(); MAX_VMAS];
+    let n = read_maps(&mut vmas);
+    let vmas = &mut vmas[..n];
+    // Sort by start (insertion sort: a dozen entries).
+    for i in 1..vmas.len() {
+        let mut j = i;
+        while j > 0 && vmas[j - 1].start > vmas[j].start {
+            vmas.swap(j - 1, j);
+            j -= 1;
+        }
+    }
+    // Unmap every gap between the ranges we keep.
+    let win_lo = RESTORER_BASE;
+    let win_hi = RESTORER_BASE + RESTORER_SPAN;
+    let mut cursor = PAGE;
+    for v in vmas.iter() {
+        let keep = v.special != 0 || (v.start >= win_lo && v.end <= win_hi);
+        if !keep || v.start >= TASK_SIZE {
+            continue;
+        }
+        if v.start > cursor {
+            munmap_outside_window(cursor, v.start);
+        }
+        if v.end > cursor {
+            cursor = v.end;
+        }
+    }
+    munmap_outside_window(cursor, TASK_SIZE);
+
+    // Move the vdso group: first all three into scratch space inside our window (so no
+    // destination can overlap a source), then each to its recorded address.
+    let targets = [
+        (1u8, plan.vdso.vvar_addr, plan.vdso.vvar_len),
+        (2u8, plan.vdso.vclock_addr, plan.vdso.vclock_len),
+        (3u8, plan.vdso.vdso_addr, plan.vdso.vdso_len),
+    ];
+    let mut scratch = VDSO_SCRATCH;
+    let mut moved = [(0u64, 0u64); 4];
+    for v in vmas.iter() {
+        if v.special == 0 || v.special == 4 {
+            continue;
+        }
+        let len = v.end - v.start;
+        mremap(v.start, len, scratch);
+        moved[v.special as usize] = (scratch, len);
+        scratch += len + PAGE;
+    }
+    for (kind, addr, len) in targets {
+        let (cur, cur_len) = moved[kind as usize];
+        if len == 0 {
+            if cur_len != 0 {
+                munmap(cur, cur + cur_len);
+            }
+            continue;
+        }
+        if cur_len != len {
+            die("vdso/vvar layout differs from the checkpointed kernel (kind, size)", kind as u64, cur_len);
+        }
+        mremap(cur, len, addr);
+    }
+}
+
+/// munmap [lo, hi) except our own window.
+fn munmap_outside_window(lo: u64, hi: u64) {
+    let wl = RESTORER_BASE;
+    let wh = RESTORER_BASE + RESTORER_SPAN;
+    if hi <= wl || lo >= wh {
+        munmap(lo, hi);
+    } else {
+        if lo < wl {
+            munmap(lo, wl);
+        }
+        if hi > wh {
+            munmap(wh, hi);
+        }
+    }
+}
+
+fn run_ops(plan: &PlanHeader, ops: &[Op]) {
+    for (i, op) in ops.iter().enumerate() {
+        match op.kind {
+            OP_MAP_ANON | OP_MAP_FILE | OP_MAP_SHARED_FILE => {
+                let mut flags = MAP_FIXED;
+                let fd: isize;
+                if op.kind == OP_MAP_ANON {
+                    flags |= MAP_PRIVATE | MAP_ANONYMOUS;
+                    fd = -1;
+                } else if op.kind == OP_MAP_FILE {
+                    flags |= MAP_PRIVATE;
+                    fd = op.fd as isize;
+                } else {
+                    flags |= MAP_SHARED;
+                    fd = op.fd as isize;
+                }
+                if op.flags & FLAG_GROWSDOWN != 0 {
+                    flags |= MAP_GROWSDOWN;
+                }
+                if op.flags & FLAG_NORESERVE != 0 {
+                    flags |= MAP_NORESERVE;
+                }
+                // SAFETY: the address space outside our window is empty; the plan was
+                // checked by `ckpt restart` not to touch the window.
+                let r = unsafe {
+                    sc6(SYS_MMAP, op.addr as usize, op.len as usize, op.prot as usize, flags, fd as usize, op.off as usize)
+                };
+                if r < 0 || r as u64 != op.addr {
+                    die("mmap of a region failed (op, address)", i as u64, op.addr);
+                }
+            }
+            OP_READ => {
+                let mut done = 0u64;
+                while done < op.len {
+                    // SAFETY: the destination was mapped writable by an earlier op.
+                    let r = unsafe {
+                        sc6(
+                            SYS_PREAD64,
+                            plan.image_fd as usize,
+                            (op.addr + done) as usize,
+                            (op.len - done) as usize,
+                            (op.off + done) as usize,
+                            0,
+                            0,
+                        )
+                    };
+                    if r == -EINTR {
+                        continue;
+                    }
+                    if r <= 0 {
+                        die("reading page data from the image failed (address, errno)", op.addr + done, (-r) as u64);
+                    }
+                    done += r as u64;
+                }
+            }
+            OP_PROTECT => {
+                // SAFETY: changes protection of a region mapped by an earlier op.
+                let r = unsafe { sc3(SYS_MPROTECT, op.addr as usize, op.len as usize, op.prot as usize) };
+                if r < 0 {
+                    die("mprotect failed (address, errno)", op.addr, (-r) as u64);
+                }
+            }
+            _ => die("unknown plan operation", op.kind as u64, i as u64),
+        }
+    }
+}
+
+/// Loads the callee-saved registers of the saved context and jumps to it with rax = 1
+/// (the runtime's `save_context` then "returns" 1: restored).
+///
+/// # Safety
+/// `ctx` must describe a context saved by the restored runtime in the memory now mapped.
+unsafe fn jump(ctx: &JumpContext) -> ! {
+    // SAFETY: arch_prctl(ARCH_SET_FS) installs the checkpoint thread's thread pointer.
+    let r = unsafe { sc3(SYS_ARCH_PRCTL, ARCH_SET_FS, ctx.fs_base as usize, 0) };
+    if r < 0 {
+        die("arch_prctl(ARCH_SET_FS) failed", ctx.fs_base, (-r) as u64);
+    }
+    // SAFETY: we leave this program for good; the registers come from the saved context.
+    unsafe {
+        asm!(
+            "mov rbx, [rax + 0]",
+            "mov rbp, [rax + 8]",
+            "mov r12, [rax + 16]",
+            "mov r13, [rax + 24]",
+            "mov r14, [rax + 32]",
+            "mov r15, [rax + 40]",
+            "mov rsp, [rax + 48]",
+            "mov rcx, [rax + 56]",
+            "mov eax, 1",
+            "jmp rcx",
+            in("rax") ctx as *const JumpContext,
+            options(noreturn)
+        );
+    }
+}
+
+/// # Safety
+/// Called once from `_start` with the kernel's initial stack pointer.
+unsafe extern "C" fn rmain(sp: *const usize) -> ! {
+    // Block every signal until the runtime restores the program's mask.
+    let all: u64 = !0;
+    // SAFETY: rt_sigprocmask(SIG_SETMASK=2, &all, NULL, 8).
+    unsafe { sc6(SYS_RT_SIGPROCMASK, 2, &all as *const u64 as usize, 0, 8, 0, 0) };
+
+    // SAFETY: the kernel's initial stack: argc, then argv pointers.
+    let argc = unsafe { *sp };
+    if argc != 2 {
+        write_all(2, b"ckpt-restore: internal tool of ckpt; run `ckpt restart` instead\n");
+        exit(2);
+    }
+    // SAFETY: argv[1] exists (argc == 2) and is NUL-terminated.
+    let plan_fd = match parse_dec(unsafe { *(sp.add(2)) as *const u8 }) {
+        Some(fd) => fd,
+        None => die("bad plan fd argument", 0, 0),
+    };
+
+    // Map the plan into our window.
+    let mut st = [0u64; 18]; // struct stat is 144 bytes on x86_64
+    // SAFETY: fstat into a buffer of the right size.
+    let r = unsafe { sc3(SYS_FSTAT, plan_fd, st.as_mut_ptr() as usize, 0) };
+    if r < 0 {
+        die("cannot stat the plan fd", plan_fd as u64, (-r) as u64);
+    }
+    let size = st[6]; // st_size at byte offset 48
+    if size < core::mem::size_of::<PlanHeader>() as u64 || size > 0x0f00_0000 {
+        die("plan has a bad size", size, 0);
+    }
+    // SAFETY: PLAN_ADDR is inside our private window and free (NOREPLACE checks it).
+    let r = unsafe {
+        sc6(SYS_MMAP, PLAN_ADDR as usize, size as usize, PROT_R, MAP_PRIVATE | MAP_FIXED_NOREPLACE, plan_fd, 0)
+    };
+    if r < 0 || r as u64 != PLAN_ADDR {
+        die("cannot map the plan", size, (-r) as u64);
+    }
+    // SAFETY: the mapping holds at least one PlanHeader (size checked), page aligned.
+    let plan: &PlanHeader = unsafe { &*(PLAN_ADDR as *const PlanHeader) };
+    if plan.magic != PLAN_MAGIC || plan.version != PLAN_VERSION
+        || plan.header_size as usize != core::mem::size_of::<PlanHeader>()
+    {
+        die("plan has a wrong magic/version/size (ckpt and ckpt-restore from different builds?)",
+            plan.version as u64, plan.header_size as u64);
+    }
+    let ops_bytes = plan.n_ops as u64 * core::mem::size_of::<Op>() as u64;
+    if plan.header_size as u64 + ops_bytes > size {
+        die("plan is truncated", size, ops_bytes);
+    }
+    // SAFETY: bounds checked just above; Op is plain data with alignment 8 and the header
+    // size is a multiple of 8.
+    let ops: &[Op] = unsafe {
+        core::slice::from_raw_parts((PLAN_ADDR + plan.header_size as u64) as *const Op, plan.n_ops as usize)
+    };
+
+    clear_address_space(plan);
+    run_ops(plan, ops);
+
+    if plan.mm_flags & MM_MAP_VALID != 0 {
+        // SAFETY: prctl(PR_SET_MM, PR_SET_MM_MAP, &mm, sizeof mm); the kernel validates it.
+        let r = unsafe {
+            sc6(SYS_PRCTL, PR_SET_MM, PR_SET_MM_MAP, &plan.mm as *const MmMap as usize,
+                core::mem::size_of::<MmMap>(), 0, 0)
+        };
+        if r < 0 {
+            warn("PR_SET_MM_MAP refused (brk/arg/env not restored); errno", (-r) as u64);
+        }
+    }
+
+    for i in 0..(plan.n_close as usize).min(MAX_CLOSE_FDS) {
+        // SAFETY: closing descriptors `ckpt restart` opened for us.
+        unsafe { sc3(SYS_CLOSE, plan.close_fds[i] as usize, 0, 0) };
+    }
+
+    if plan.restore_info_addr != 0 {
+        let info = RestoreInfo {
+            magic: RESTORE_INFO_MAGIC,
+            restorer_lo: RESTORER_BASE,
+            restorer_hi: RESTORER_BASE + RESTORER_SPAN,
+            info_fd: plan.info_fd as i64,
+        };
+        // SAFETY: the runtime's RestoreInfo slot, now mapped writable with its memory.
+        unsafe { core::ptr::write_volatile(plan.restore_info_addr as *mut RestoreInfo, info) };
+    }
+    let jump_ctx = plan.jump;
+    // SAFETY: the context was saved by the runtime at checkpoint time; its memory is back.
+    unsafe { jump(&jump_ctx) }
+}

@@ -1,0 +1,616 @@
+//! The checkpoint thread: talks to the coordinator, runs the checkpoint barriers in this
+//! process, forks the snapshot writer, and after a restart rebuilds the process from the
+//! state it saved in its own (restored) memory.
+
+use crate::ctx::{Ctx, __ckpt_save_context};
+use crate::memory::{self, Classified};
+use crate::process::{self, KSigaction, NSIG};
+use crate::{config, files, sys, threads, vids, CKPT_TID};
+use crate::{error, info, warn};
+use ckpt_image::{Entry, FdMeta, MmFields, ProcAttrs, ProcessMeta, RegionKind, ThreadMeta, META_VERSION};
+use ckpt_plan::{RestoreInfo, RESTORE_INFO_MAGIC};
+use ckpt_protocol::{self as proto, ImageWritten, Message, Phase, ProcessInfo, Role};
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Everything a restored process needs that the kernel does not give back by itself,
+/// captured at the last checkpoint. It lives in the runtime's memory, which is part of
+/// the image, so after a restart it is simply there.
+struct ProcState {
+    sigactions: [KSigaction; NSIG],
+    rlimits: Vec<(u32, u64, u64)>,
+    umask: u32,
+    cwd: String,
+    fds: Vec<FdMeta>,
+    mm: MmFields,
+    auxv: Vec<(u64, u64)>,
+    program: String,
+    threads: Vec<ThreadMeta>,
+}
+
+static mut STATE: Option<ProcState> = None;
+/// The checkpoint thread's context at the snapshot: where the restorer jumps.
+static mut CKPT_CTX: Ctx = Ctx { rbx: 0, rbp: 0, r12: 0, r13: 0, r14: 0, r15: 0, rsp: 0, rip: 0 };
+/// Written by the restorer just before it jumps to CKPT_CTX.
+static mut RESTORE_INFO: RestoreInfo = RestoreInfo { magic: 0, restorer_lo: 0, restorer_hi: 0, info_fd: -1 };
+/// A copy of auxv for PR_SET_MM_MAP (must live in restored memory).
+static mut AUXV_COPY: [u64; 128] = [0; 128];
+static CKPT_FS: AtomicU64 = AtomicU64::new(0);
+static CKPT_ROBUST: AtomicU64 = AtomicU64::new(0);
+static CKPT_ROBUST_LEN: AtomicU64 = AtomicU64::new(0);
+static MAIN_FS: AtomicU64 = AtomicU64::new(0);
+static MAIN_TID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+static PAGEMAP_OK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn state() -> &'static ProcState {
+    // SAFETY: set by the checkpoint thread before the snapshot; only it reads it.
+    unsafe { (*std::ptr::addr_of!(STATE)).as_ref().expect("state captured") }
+}
+
+/// Called by the constructor (main thread, before `main`).
+pub fn start() {
+    let pid = sys::getpid_real();
+    vids::VPID.store(pid, Ordering::Relaxed);
+    vids::REAL_PID.store(pid, Ordering::Relaxed);
+    vids::VPPID.store(sys::getppid_real(), Ordering::Relaxed);
+    vids::resolve_real();
+
+    // SAFETY: zeroed sigaction, then filled; installs our handler for the checkpoint signal.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = threads::handler as usize;
+    act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    // SAFETY: sa_mask is a valid sigset; block everything while the handler runs.
+    unsafe { libc::sigfillset(&mut act.sa_mask) };
+    let sig = vids::CKPT_SIG.load(Ordering::Relaxed);
+    if vids::real_sigaction(sig, &act, std::ptr::null_mut()) != 0 {
+        error!("cannot install the checkpoint signal handler (signal {sig}); checkpointing disabled");
+        return;
+    }
+    vids::ACTIVE.store(true, Ordering::Relaxed);
+
+    // glibc's rseq registration (2.35+): re-done for every restored thread.
+    // SAFETY: dlsym lookups of data symbols; absent on older glibc.
+    unsafe {
+        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) as *const u32;
+        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) as *const isize;
+        if !size.is_null() && !off.is_null() && *size > 0 {
+            threads::RSEQ_OFFSET.store(*off as i64, Ordering::Relaxed);
+            threads::RSEQ_ENABLED.store(1, Ordering::Relaxed);
+        }
+    }
+    MAIN_FS.store(sys::get_fs_base(), Ordering::Relaxed);
+    MAIN_TID.store(sys::gettid(), Ordering::Relaxed);
+    PAGEMAP_OK.store(std::fs::File::open("/proc/self/pagemap").is_ok(), Ordering::Relaxed);
+
+    let r = std::thread::Builder::new().name("ckpt".into()).stack_size(1 << 20).spawn(agent_main);
+    if let Err(e) = r {
+        error!("cannot start the checkpoint thread: {e}; checkpointing disabled");
+    }
+}
+
+fn block_all_signals() {
+    let all: u64 = !0;
+    // SAFETY: rt_sigprocmask(SIG_SETMASK, &all, NULL, 8) for this thread.
+    unsafe { sys::syscall6(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK as u64, &all as *const u64 as u64, 0, 8, 0, 0) };
+}
+
+fn record_own_thread() {
+    CKPT_TID.store(sys::gettid(), Ordering::Relaxed);
+    CKPT_FS.store(sys::get_fs_base(), Ordering::Relaxed);
+    let (mut head, mut len) = (0u64, 0u64);
+    // SAFETY: get_robust_list(0 = self) writes two words.
+    unsafe { sys::syscall3(libc::SYS_get_robust_list, 0, &mut head as *mut u64 as u64, &mut len as *mut u64 as u64) };
+    CKPT_ROBUST.store(head, Ordering::Relaxed);
+    CKPT_ROBUST_LEN.store(len, Ordering::Relaxed);
+}
+
+fn agent_main() {
+    block_all_signals();
+    record_own_thread();
+    let off = threads::discover_tid_offset(
+        MAIN_FS.load(Ordering::Relaxed),
+        MAIN_TID.load(Ordering::Relaxed),
+        CKPT_FS.load(Ordering::Relaxed),
+        sys::gettid(),
+    );
+    threads::TID_OFFSET.store(off, Ordering::Relaxed);
+    if off == 0 {
+        warn!("could not locate glibc's thread id field; restored threads cannot be joined");
+    }
+    let mut restored_from: Option<u64> = None;
+    let mut warned = false;
+    loop {
+        let socket = config().socket.clone();
+        let mut stream = match connect(&socket, restored_from) {
+            Ok(s) => s,
+            Err(e) => {
+                if !warned {
+                    warn!("cannot reach the coordinator at {socket}: {e} (retrying every second)");
+                    warned = true;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                continue;
+            }
+        };
+        warned = false;
+        match serve(&mut stream) {
+            Outcome::Closed => {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            Outcome::Restored(gen) => {
+                // The stream object belongs to the previous incarnation: its fd number is
+                // not ours any more. Never close it.
+                std::mem::forget(stream);
+                restored_from = Some(gen);
+                match post_restart() {
+                    Ok(()) => info!("restored from generation {gen}"),
+                    Err(e) => {
+                        error!("restart failed: {e}");
+                        sys::exit_group(1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn features() -> Vec<String> {
+    vec![
+        "snapshot=fork".into(),
+        format!("pagemap={}", if PAGEMAP_OK.load(Ordering::Relaxed) { "yes" } else { "no" }),
+        format!("rseq={}", if threads::RSEQ_ENABLED.load(Ordering::Relaxed) != 0 { "yes" } else { "no" }),
+        format!("tid-offset={}", threads::TID_OFFSET.load(Ordering::Relaxed)),
+        format!("signal={}", vids::CKPT_SIG.load(Ordering::Relaxed)),
+    ]
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// Moves an fd out of the program's way (high number, close-on-exec).
+fn high_fd(fd: RawFd) -> RawFd {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit into a local.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    let want = (lim.rlim_cur.min(1024) as i32 - 100).max(3);
+    // SAFETY: duplicating our own fd; the original is closed after.
+    let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, want) };
+    if n >= 0 {
+        // SAFETY: closing the original we just duplicated.
+        unsafe { libc::close(fd) };
+        n
+    } else {
+        fd
+    }
+}
+
+fn connect(socket: &str, restored_from: Option<u64>) -> Result<UnixStream, String> {
+    let s = UnixStream::connect(socket).map_err(|e| e.to_string())?;
+    let fd = high_fd(s.into_raw_fd_compat());
+    // SAFETY: fd is a connected socket we own.
+    let mut s = unsafe { UnixStream::from_raw_fd(fd) };
+    let hello = Message::Hello {
+        protocol_version: proto::PROTOCOL_VERSION,
+        role: Role::Process(ProcessInfo {
+            vpid: vids::VPID.load(Ordering::Relaxed),
+            real_pid: sys::getpid_real(),
+            host: hostname(),
+            program: process::comm_of(vids::REAL_PID.load(Ordering::Relaxed)),
+            restored_from,
+            features: features(),
+        }),
+    };
+    proto::write_msg(&mut s, &hello).map_err(|e| e.to_string())?;
+    match proto::read_msg(&mut s).map_err(|e| e.to_string())? {
+        Message::Welcome { .. } => Ok(s),
+        Message::Refused { reason } => Err(format!("refused: {reason}")),
+        m => Err(format!("unexpected answer {m:?}")),
+    }
+}
+
+trait IntoRawFdCompat {
+    fn into_raw_fd_compat(self) -> RawFd;
+}
+impl IntoRawFdCompat for UnixStream {
+    fn into_raw_fd_compat(self) -> RawFd {
+        use std::os::fd::IntoRawFd;
+        self.into_raw_fd()
+    }
+}
+
+enum Outcome {
+    Closed,
+    Restored(u64),
+}
+
+/// The frozen copy-on-write snapshot of this process: a child created like fork that
+/// blocks forever without touching memory; the checkpoint thread reads its memory through
+/// /proc/<pid>/mem while the program runs on.
+struct Child {
+    pid: i32,
+}
+
+impl Child {
+    fn kill(self) {
+        // SAFETY: signalling and reaping our own child (exit signal 0 needs __WCLONE).
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            let mut st = 0;
+            libc::waitpid(self.pid, &mut st, libc::__WCLONE);
+        }
+    }
+}
+
+fn send(stream: &mut UnixStream, m: &Message) -> bool {
+    proto::write_msg(stream, m).is_ok()
+}
+
+fn serve(stream: &mut UnixStream) -> Outcome {
+    let own_fd = stream.as_raw_fd();
+    let sig = vids::CKPT_SIG.load(Ordering::Relaxed);
+    let mut suspended_at: Option<u64> = None;
+    let mut child: Option<Child> = None;
+    loop {
+        let msg = match proto::read_msg(stream) {
+            Ok(m) => m,
+            Err(_) => {
+                if suspended_at.take().is_some() {
+                    threads::resume_all();
+                }
+                if let Some(c) = child.take() {
+                    c.kill();
+                }
+                return Outcome::Closed;
+            }
+        };
+        match msg {
+            Message::Barrier { generation, phase, dir } => {
+                let res: Result<(), String> = match phase {
+                    Phase::Suspend => match threads::suspend_all(sig, 10_000) {
+                        Ok(n) => {
+                            suspended_at = Some(sys::monotonic_ns());
+                            info!("checkpoint {generation}: {n} thread(s) parked");
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    },
+                    Phase::Drain | Phase::Refill => Ok(()),
+                    Phase::Snapshot => match snapshot(generation, &dir, own_fd) {
+                        Ok(Snap::Writer(c)) => {
+                            child = Some(c);
+                            Ok(())
+                        }
+                        Ok(Snap::Restored) => return Outcome::Restored(generation),
+                        Err(e) => {
+                            if suspended_at.take().is_some() {
+                                threads::resume_all();
+                            }
+                            Err(e)
+                        }
+                    },
+                    Phase::Resume => {
+                        threads::resume_all();
+                        Ok(())
+                    }
+                };
+                match res {
+                    Ok(()) => {
+                        if !send(stream, &Message::BarrierReached { generation, phase }) {
+                            return Outcome::Closed;
+                        }
+                    }
+                    Err(e) => {
+                        let e = format!("process {} ({}): {e}", vids::VPID.load(Ordering::Relaxed), state_program());
+                        warn!("checkpoint {generation} failed: {e}");
+                        if !send(stream, &Message::Failed { generation, error: e }) {
+                            return Outcome::Closed;
+                        }
+                        continue;
+                    }
+                }
+                if phase == Phase::Resume {
+                    let stopped = suspended_at
+                        .take()
+                        .map(|t| (sys::monotonic_ns() - t) as f64 / 1e9)
+                        .unwrap_or(0.0);
+                    if let Some(c) = child.take() {
+                        let file = ckpt_image::CkptDir::image_file_name(vids::VPID.load(Ordering::Relaxed));
+                        let t0 = sys::monotonic_ns();
+                        let res = write_image(generation, &dir, c.pid);
+                        c.kill();
+                        let m = match res.map(|b| (b, (sys::monotonic_ns() - t0) as f64 / 1e9)) {
+                            Ok((bytes, write_seconds)) => Message::Written(ImageWritten {
+                                generation,
+                                file,
+                                bytes,
+                                stopped_seconds: stopped,
+                                write_seconds,
+                            }),
+                            Err(e) => Message::Failed {
+                                generation,
+                                error: format!("process {}: writing the image: {e}", vids::VPID.load(Ordering::Relaxed)),
+                            },
+                        };
+                        if !send(stream, &m) {
+                            return Outcome::Closed;
+                        }
+                    }
+                }
+            }
+            Message::Abort { generation, reason } => {
+                info!("checkpoint {generation} aborted: {reason}");
+                if suspended_at.take().is_some() {
+                    threads::resume_all();
+                }
+                if let Some(c) = child.take() {
+                    c.kill();
+                }
+            }
+            Message::Terminate => {
+                info!("terminated by the coordinator");
+                // SAFETY: kill our own process.
+                unsafe { sys::syscall3(libc::SYS_kill, sys::getpid_real() as u64, libc::SIGKILL as u64, 0) };
+            }
+            _ => {}
+        }
+    }
+}
+
+fn state_program() -> String {
+    process::comm_of(sys::getpid_real())
+}
+
+enum Snap {
+    Writer(Child),
+    Restored,
+}
+
+/// Captures the process state (threads are parked) and forks the writer. Returns
+/// `Restored` when this context is resumed in a restored process.
+#[inline(never)]
+fn snapshot(generation: u64, dir: &str, own_fd: RawFd) -> Result<Snap, String> {
+    let fds = files::dump(&[own_fd])?;
+    let kids = process::children(&[]);
+    if !kids.is_empty() {
+        let list: Vec<String> = kids.iter().map(|p| format!("{p} ({})", process::comm_of(*p))).collect();
+        return Err(format!(
+            "it has child processes [{}]; checkpointing process trees is not supported yet",
+            list.join(", ")
+        ));
+    }
+    let maps = std::fs::read_to_string("/proc/self/maps").map_err(|e| format!("reading /proc/self/maps: {e}"))?;
+    for e in memory::parse_maps(&maps) {
+        memory::classify(&e)?;
+    }
+    let auxv = process::read_auxv();
+    // SAFETY: only the checkpoint thread touches AUXV_COPY and STATE.
+    unsafe {
+        let a = &mut *std::ptr::addr_of_mut!(AUXV_COPY);
+        a.fill(0);
+        for (i, (k, v)) in auxv.iter().take(63).enumerate() {
+            a[2 * i] = *k;
+            a[2 * i + 1] = *v;
+        }
+        let mut mm = process::mm_fields();
+        mm.auxv_addr = a.as_ptr() as u64;
+        *std::ptr::addr_of_mut!(STATE) = Some(ProcState {
+            sigactions: process::dump_sigactions(),
+            rlimits: process::dump_rlimits(),
+            umask: process::umask(),
+            cwd: process::cwd(),
+            fds,
+            mm,
+            auxv,
+            program: main_thread_name(),
+            threads: parked_threads(),
+        });
+    }
+    // SAFETY: CKPT_CTX is only used by this thread and the restorer; see ctx.rs for the
+    // two-returns contract (nothing below relies on locals changed after this call).
+    let r = unsafe { __ckpt_save_context(std::ptr::addr_of_mut!(CKPT_CTX)) };
+    if r != 0 {
+        return Ok(Snap::Restored);
+    }
+    let _ = (generation, dir);
+    fork_frozen()
+}
+
+fn main_thread_name() -> String {
+    let v = vids::VPID.load(Ordering::Relaxed);
+    for s in threads::slots().iter() {
+        if s.vtid == v && s.state.load(Ordering::Relaxed) != threads::FREE {
+            let end = s.name.iter().position(|&c| c == 0).unwrap_or(16);
+            return String::from_utf8_lossy(&s.name[..end]).into_owned();
+        }
+    }
+    process::comm_of(sys::getpid_real())
+}
+
+#[inline(never)]
+fn fork_frozen() -> Result<Snap, String> {
+    // A raw fork with no exit signal: glibc's fork would run atfork handlers and take locks
+    // parked threads may hold, and the program's wait() must not reap our snapshot.
+    let parent = sys::getpid_real();
+    // SAFETY: clone(flags = 0) behaves like fork; the child only blocks in pause().
+    let pid = unsafe { sys::syscall6(libc::SYS_clone, 0, 0, 0, 0, 0, 0) };
+    if pid < 0 {
+        return Err(format!("cannot fork the snapshot: errno {}", -pid));
+    }
+    if pid == 0 {
+        // Die with the process: a snapshot must never outlive the program.
+        // SAFETY: prctl(PR_SET_PDEATHSIG, SIGKILL); then exit if the parent is already gone.
+        unsafe {
+            sys::syscall3(libc::SYS_prctl, libc::PR_SET_PDEATHSIG as u64, libc::SIGKILL as u64, 0);
+        }
+        if sys::getppid_real() != parent {
+            sys::exit_group(0);
+        }
+        loop {
+            // SAFETY: pause() until the checkpoint thread kills us; all signals are blocked.
+            unsafe { sys::syscall3(libc::SYS_pause, 0, 0, 0) };
+        }
+    }
+    Ok(Snap::Writer(Child { pid: pid as i32 }))
+}
+
+fn parked_threads() -> Vec<ThreadMeta> {
+    let mut v = Vec::new();
+    for s in threads::slots().iter() {
+        if s.state.load(Ordering::Relaxed) == threads::PARKED {
+            let end = s.name.iter().position(|&c| c == 0).unwrap_or(16);
+            v.push(ThreadMeta { vtid: s.vtid, name: String::from_utf8_lossy(&s.name[..end]).into_owned(), runtime: false });
+        }
+    }
+    v.push(ThreadMeta { vtid: 0, name: "ckpt".into(), runtime: true });
+    v
+}
+
+/// Writes `dir/proc-<vpid>.img` durably from the frozen snapshot process `snap`.
+fn write_image(generation: u64, dir: &str, snap: i32) -> Result<u64, String> {
+    let st = state();
+    let maps = std::fs::read_to_string(format!("/proc/{snap}/maps")).map_err(|e| format!("reading the snapshot's maps: {e}"))?;
+    let mut regions: Vec<Classified> =
+        memory::parse_maps(&maps).iter().filter_map(|e| memory::classify(e).ok().flatten()).collect();
+    let vdso = regions
+        .iter()
+        .find(|c| matches!(c.region.kind, RegionKind::Vdso))
+        .map(|c| (c.region.start, c.region.end));
+    let mem = std::fs::File::open(format!("/proc/{snap}/mem"))
+        .map_err(|e| format!("cannot read the snapshot's memory (/proc/{snap}/mem): {e}; is the program non-dumpable?"))?;
+    let pagemap =
+        if PAGEMAP_OK.load(Ordering::Relaxed) { std::fs::File::open(format!("/proc/{snap}/pagemap")).ok() } else { None };
+    let vpid = vids::VPID.load(Ordering::Relaxed);
+    let path = Path::new(dir).join(ckpt_image::CkptDir::image_file_name(vpid));
+    // SAFETY: CKPT_CTX was filled by save_context before the fork and is not changed since.
+    let c = unsafe { *std::ptr::addr_of!(CKPT_CTX) };
+    let threads_meta = st.threads.clone();
+    let cfg = config();
+    let bytes = ckpt_image::write_image_atomically(&path, |w| {
+        w.begin_pages()?;
+        let runs = memory::write_regions(w, &mut regions, &mem, pagemap.as_ref())?;
+        w.end_pages()?;
+        w.add_page_map(&runs)?;
+        let meta = ProcessMeta {
+            meta_version: META_VERSION,
+            vpid,
+            real_pid: vids::REAL_PID.load(Ordering::Relaxed),
+            vppid: vids::VPPID.load(Ordering::Relaxed),
+            program: st.program.clone(),
+            exe: std::fs::read_link("/proc/self/exe").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+            argv: cfg.argv.clone(),
+            host: hostname(),
+            // SAFETY: getuid/getgid have no preconditions.
+            uid: unsafe { libc::getuid() },
+            // SAFETY: as above.
+            gid: unsafe { libc::getgid() },
+            created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            generation,
+            requirements: process::requirements(vdso),
+            regions: regions.iter().map(|c| c.region.clone()).collect(),
+            threads: threads_meta.clone(),
+            files: st.fds.clone(),
+            attrs: ProcAttrs {
+                cwd: st.cwd.clone(),
+                umask: st.umask,
+                rlimits: st.rlimits.clone(),
+                mm: st.mm,
+                auxv: st.auxv.clone(),
+            },
+            entry: Entry {
+                rbx: c.rbx,
+                rbp: c.rbp,
+                r12: c.r12,
+                r13: c.r13,
+                r14: c.r14,
+                r15: c.r15,
+                rsp: c.rsp,
+                rip: c.rip,
+                fs_base: CKPT_FS.load(Ordering::Relaxed),
+                restore_info_addr: std::ptr::addr_of!(RESTORE_INFO) as u64,
+            },
+        };
+        let json = serde_json::to_vec(&meta).map_err(|e| ckpt_image::ImageError::Usage {
+            path: path.clone(),
+            detail: format!("encoding metadata: {e}"),
+        })?;
+        w.add_section(ckpt_image::SectionKind::Meta, &json)?;
+        Ok(())
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(bytes)
+}
+
+#[derive(serde::Deserialize)]
+struct RestartParams {
+    socket: String,
+    ckpt_dir: String,
+}
+
+/// Runs on the checkpoint thread right after the restorer jumped back to it, in a new
+/// process whose only thread it is.
+fn post_restart() -> Result<(), String> {
+    // SAFETY: the restorer wrote RESTORE_INFO before jumping here.
+    let ri = unsafe { std::ptr::read_volatile(std::ptr::addr_of!(RESTORE_INFO)) };
+    if ri.magic != RESTORE_INFO_MAGIC {
+        return Err("restorer left no restore information".into());
+    }
+    // SAFETY: the restorer's window holds nothing of the program (checked at plan time).
+    unsafe { sys::syscall3(libc::SYS_munmap, ri.restorer_lo, ri.restorer_hi - ri.restorer_lo, 0) };
+    // SAFETY: clearing the note so a later, unrelated jump cannot be mistaken for a restore.
+    unsafe { (*std::ptr::addr_of_mut!(RESTORE_INFO)).magic = 0 };
+    let real = sys::getpid_real();
+    vids::REAL_PID.store(real, Ordering::Relaxed);
+    vids::RESTORE_PPID.store(sys::getppid_real(), Ordering::Relaxed);
+    vids::RESTORED.store(true, Ordering::Relaxed);
+    CKPT_TID.store(sys::gettid(), Ordering::Relaxed);
+    threads::register_thread_state(
+        sys::get_fs_base(),
+        CKPT_ROBUST.load(Ordering::Relaxed),
+        CKPT_ROBUST_LEN.load(Ordering::Relaxed),
+    );
+    let st = state();
+    // This thread is now the process leader: give it the program's name, as `ps` shows it.
+    if let Ok(name) = std::ffi::CString::new(st.program.as_bytes()) {
+        // SAFETY: PR_SET_NAME with a NUL-terminated string.
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    }
+    process::restore_sigactions(&st.sigactions);
+    for w in process::restore_rlimits(&st.rlimits) {
+        warn!("{w}");
+    }
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(st.umask as libc::mode_t) };
+    if let Err(e) = std::env::set_current_dir(&st.cwd) {
+        warn!("cannot return to the working directory {}: {e}", st.cwd);
+    }
+    files::restore(&st.fds)?;
+    let n = threads::recreate_all()?;
+    for s in threads::slots().iter() {
+        if s.state.load(Ordering::Relaxed) == threads::RESTORED {
+            let end = s.name.iter().position(|&c| c == 0).unwrap_or(16);
+            let t = s.real_tid.load(Ordering::Relaxed);
+            let _ = std::fs::write(format!("/proc/self/task/{t}/comm"), &s.name[..end]);
+        }
+    }
+    if ri.info_fd >= 0 {
+        // SAFETY: the info memfd was left open for us by `ckpt restart`.
+        let mut f = unsafe { std::fs::File::from_raw_fd(ri.info_fd as RawFd) };
+        let mut s = String::new();
+        f.read_to_string(&mut s).map_err(|e| format!("reading restart parameters: {e}"))?;
+        let p: RestartParams = serde_json::from_str(&s).map_err(|e| format!("bad restart parameters: {e}"))?;
+        // SAFETY: only this thread reads CONFIG after start-up.
+        unsafe {
+            if let Some(c) = (*std::ptr::addr_of_mut!(crate::CONFIG)).as_mut() {
+                c.socket = p.socket;
+                c.ckpt_dir = p.ckpt_dir;
+            }
+        }
+    }
+    info!("restart: {n} thread(s) recreated");
+    threads::resume_all();
+    Ok(())
+}
