@@ -67,7 +67,14 @@ pub enum RegionKind {
     /// The main thread's stack.
     Stack,
     /// A private mapping of a file; unmodified pages are re-read from the file.
-    File { path: String, offset: u64, dev: u64, ino: u64, size: u64, mtime_ns: i64 },
+    File {
+        path: String,
+        offset: u64,
+        dev: u64,
+        ino: u64,
+        size: u64,
+        mtime_ns: i64,
+    },
     Vvar,
     VvarVclock,
     Vdso,
@@ -98,10 +105,19 @@ pub struct ThreadMeta {
 pub enum FdKind {
     /// stdin/stdout/stderr: re-attached to the restarting command's.
     Inherited,
-    Regular { path: String, offset: u64, dev: u64, ino: u64 },
-    Directory { path: String },
+    Regular {
+        path: String,
+        offset: u64,
+        dev: u64,
+        ino: u64,
+    },
+    Directory {
+        path: String,
+    },
     /// A device such as /dev/null, /dev/zero, /dev/urandom.
-    Device { path: String },
+    Device {
+        path: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
