@@ -171,8 +171,10 @@ fn memfd(name: &str, cloexec: bool, data: &[u8]) -> anyhow::Result<RawFd> {
     Ok(h)
 }
 
+type VdsoGroup = (Option<(u64, u64)>, Vec<(String, u64)>);
+
 /// The current process's [vdso] extent and the kernel's vdso group sizes by name.
-fn own_vdso() -> (Option<(u64, u64)>, Vec<(String, u64)>) {
+fn own_vdso() -> VdsoGroup {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
     let mut vdso = None;
     let mut sizes = Vec::new();
@@ -383,7 +385,7 @@ fn build_plan(
             _ => {}
         }
         // Runs belonging to this region (regions and runs are both sorted).
-        while ri < sorted.len() && sorted[ri].addr < r.start {
+        if ri < sorted.len() && sorted[ri].addr < r.start {
             bail!(
                 "{}: page data at {:#x} lies outside every region",
                 img.display(),

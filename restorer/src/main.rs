@@ -400,6 +400,9 @@ unsafe extern "C" fn rmain(sp: *const usize) -> ! {
     if r < 0 || r as u64 != PLAN_ADDR {
         die("cannot map the plan", size, (-r) as u64);
     }
+    // The mapping keeps the plan; the descriptor must not leak into the program.
+    // SAFETY: closing the plan fd we were given.
+    unsafe { sc3(SYS_CLOSE, plan_fd, 0, 0) };
     // SAFETY: the mapping holds at least one PlanHeader (size checked), page aligned.
     let plan: &PlanHeader = unsafe { &*(PLAN_ADDR as *const PlanHeader) };
     if plan.magic != PLAN_MAGIC || plan.version != PLAN_VERSION

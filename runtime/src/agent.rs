@@ -2,12 +2,14 @@
 //! process, forks the snapshot writer, and after a restart rebuilds the process from the
 //! state it saved in its own (restored) memory.
 
-use crate::ctx::{Ctx, __ckpt_save_context};
+use crate::ctx::{__ckpt_save_context, Ctx};
 use crate::memory::{self, Classified};
 use crate::process::{self, KSigaction, NSIG};
 use crate::{config, files, sys, threads, vids, CKPT_TID};
 use crate::{error, info, warn};
-use ckpt_image::{Entry, FdMeta, MmFields, ProcAttrs, ProcessMeta, RegionKind, ThreadMeta, META_VERSION};
+use ckpt_image::{
+    Entry, FdMeta, MmFields, ProcAttrs, ProcessMeta, RegionKind, ThreadMeta, META_VERSION,
+};
 use ckpt_plan::{RestoreInfo, RESTORE_INFO_MAGIC};
 use ckpt_protocol::{self as proto, ImageWritten, Message, Phase, ProcessInfo, Role};
 use std::io::Read;
@@ -33,9 +35,23 @@ struct ProcState {
 
 static mut STATE: Option<ProcState> = None;
 /// The checkpoint thread's context at the snapshot: where the restorer jumps.
-static mut CKPT_CTX: Ctx = Ctx { rbx: 0, rbp: 0, r12: 0, r13: 0, r14: 0, r15: 0, rsp: 0, rip: 0 };
+static mut CKPT_CTX: Ctx = Ctx {
+    rbx: 0,
+    rbp: 0,
+    r12: 0,
+    r13: 0,
+    r14: 0,
+    r15: 0,
+    rsp: 0,
+    rip: 0,
+};
 /// Written by the restorer just before it jumps to CKPT_CTX.
-static mut RESTORE_INFO: RestoreInfo = RestoreInfo { magic: 0, restorer_lo: 0, restorer_hi: 0, info_fd: -1 };
+static mut RESTORE_INFO: RestoreInfo = RestoreInfo {
+    magic: 0,
+    restorer_lo: 0,
+    restorer_hi: 0,
+    info_fd: -1,
+};
 /// A copy of auxv for PR_SET_MM_MAP (must live in restored memory).
 static mut AUXV_COPY: [u64; 128] = [0; 128];
 static CKPT_FS: AtomicU64 = AtomicU64::new(0);
@@ -47,7 +63,11 @@ static PAGEMAP_OK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool
 
 fn state() -> &'static ProcState {
     // SAFETY: set by the checkpoint thread before the snapshot; only it reads it.
-    unsafe { (*std::ptr::addr_of!(STATE)).as_ref().expect("state captured") }
+    unsafe {
+        (*std::ptr::addr_of!(STATE))
+            .as_ref()
+            .expect("state captured")
+    }
 }
 
 /// Called by the constructor (main thread, before `main`).
@@ -60,13 +80,15 @@ pub fn start() {
 
     // SAFETY: zeroed sigaction, then filled; installs our handler for the checkpoint signal.
     let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
-    act.sa_sigaction = threads::handler as usize;
+    act.sa_sigaction = threads::handler as *const () as usize;
     act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
     // SAFETY: sa_mask is a valid sigset; block everything while the handler runs.
     unsafe { libc::sigfillset(&mut act.sa_mask) };
     let sig = vids::CKPT_SIG.load(Ordering::Relaxed);
     if vids::real_sigaction(sig, &act, std::ptr::null_mut()) != 0 {
-        error!("cannot install the checkpoint signal handler (signal {sig}); checkpointing disabled");
+        error!(
+            "cannot install the checkpoint signal handler (signal {sig}); checkpointing disabled"
+        );
         return;
     }
     vids::ACTIVE.store(true, Ordering::Relaxed);
@@ -83,9 +105,15 @@ pub fn start() {
     }
     MAIN_FS.store(sys::get_fs_base(), Ordering::Relaxed);
     MAIN_TID.store(sys::gettid(), Ordering::Relaxed);
-    PAGEMAP_OK.store(std::fs::File::open("/proc/self/pagemap").is_ok(), Ordering::Relaxed);
+    PAGEMAP_OK.store(
+        std::fs::File::open("/proc/self/pagemap").is_ok(),
+        Ordering::Relaxed,
+    );
 
-    let r = std::thread::Builder::new().name("ckpt".into()).stack_size(1 << 20).spawn(agent_main);
+    let r = std::thread::Builder::new()
+        .name("ckpt".into())
+        .stack_size(1 << 20)
+        .spawn(agent_main);
     if let Err(e) = r {
         error!("cannot start the checkpoint thread: {e}; checkpointing disabled");
     }
@@ -94,7 +122,17 @@ pub fn start() {
 fn block_all_signals() {
     let all: u64 = !0;
     // SAFETY: rt_sigprocmask(SIG_SETMASK, &all, NULL, 8) for this thread.
-    unsafe { sys::syscall6(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK as u64, &all as *const u64 as u64, 0, 8, 0, 0) };
+    unsafe {
+        sys::syscall6(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK as u64,
+            &all as *const u64 as u64,
+            0,
+            8,
+            0,
+            0,
+        )
+    };
 }
 
 fn record_own_thread() {
@@ -102,7 +140,14 @@ fn record_own_thread() {
     CKPT_FS.store(sys::get_fs_base(), Ordering::Relaxed);
     let (mut head, mut len) = (0u64, 0u64);
     // SAFETY: get_robust_list(0 = self) writes two words.
-    unsafe { sys::syscall3(libc::SYS_get_robust_list, 0, &mut head as *mut u64 as u64, &mut len as *mut u64 as u64) };
+    unsafe {
+        sys::syscall3(
+            libc::SYS_get_robust_list,
+            0,
+            &mut head as *mut u64 as u64,
+            &mut len as *mut u64 as u64,
+        )
+    };
     CKPT_ROBUST.store(head, Ordering::Relaxed);
     CKPT_ROBUST_LEN.store(len, Ordering::Relaxed);
 }
@@ -160,20 +205,39 @@ fn agent_main() {
 fn features() -> Vec<String> {
     vec![
         "snapshot=fork".into(),
-        format!("pagemap={}", if PAGEMAP_OK.load(Ordering::Relaxed) { "yes" } else { "no" }),
-        format!("rseq={}", if threads::RSEQ_ENABLED.load(Ordering::Relaxed) != 0 { "yes" } else { "no" }),
+        format!(
+            "pagemap={}",
+            if PAGEMAP_OK.load(Ordering::Relaxed) {
+                "yes"
+            } else {
+                "no"
+            }
+        ),
+        format!(
+            "rseq={}",
+            if threads::RSEQ_ENABLED.load(Ordering::Relaxed) != 0 {
+                "yes"
+            } else {
+                "no"
+            }
+        ),
         format!("tid-offset={}", threads::TID_OFFSET.load(Ordering::Relaxed)),
         format!("signal={}", vids::CKPT_SIG.load(Ordering::Relaxed)),
     ]
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Moves an fd out of the program's way (high number, close-on-exec).
 fn high_fd(fd: RawFd) -> RawFd {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit into a local.
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
     let want = (lim.rlim_cur.min(1024) as i32 - 100).max(3);
@@ -268,7 +332,11 @@ fn serve(stream: &mut UnixStream) -> Outcome {
             }
         };
         match msg {
-            Message::Barrier { generation, phase, dir } => {
+            Message::Barrier {
+                generation,
+                phase,
+                dir,
+            } => {
                 let res: Result<(), String> = match phase {
                     Phase::Suspend => match threads::suspend_all(sig, 10_000) {
                         Ok(n) => {
@@ -304,9 +372,19 @@ fn serve(stream: &mut UnixStream) -> Outcome {
                         }
                     }
                     Err(e) => {
-                        let e = format!("process {} ({}): {e}", vids::VPID.load(Ordering::Relaxed), state_program());
+                        let e = format!(
+                            "process {} ({}): {e}",
+                            vids::VPID.load(Ordering::Relaxed),
+                            state_program()
+                        );
                         warn!("checkpoint {generation} failed: {e}");
-                        if !send(stream, &Message::Failed { generation, error: e }) {
+                        if !send(
+                            stream,
+                            &Message::Failed {
+                                generation,
+                                error: e,
+                            },
+                        ) {
                             return Outcome::Closed;
                         }
                         continue;
@@ -318,7 +396,9 @@ fn serve(stream: &mut UnixStream) -> Outcome {
                         .map(|t| (sys::monotonic_ns() - t) as f64 / 1e9)
                         .unwrap_or(0.0);
                     if let Some(c) = child.take() {
-                        let file = ckpt_image::CkptDir::image_file_name(vids::VPID.load(Ordering::Relaxed));
+                        let file = ckpt_image::CkptDir::image_file_name(
+                            vids::VPID.load(Ordering::Relaxed),
+                        );
                         let t0 = sys::monotonic_ns();
                         let res = write_image(generation, &dir, c.pid);
                         c.kill();
@@ -332,7 +412,10 @@ fn serve(stream: &mut UnixStream) -> Outcome {
                             }),
                             Err(e) => Message::Failed {
                                 generation,
-                                error: format!("process {}: writing the image: {e}", vids::VPID.load(Ordering::Relaxed)),
+                                error: format!(
+                                    "process {}: writing the image: {e}",
+                                    vids::VPID.load(Ordering::Relaxed)
+                                ),
                             },
                         };
                         if !send(stream, &m) {
@@ -353,7 +436,14 @@ fn serve(stream: &mut UnixStream) -> Outcome {
             Message::Terminate => {
                 info!("terminated by the coordinator");
                 // SAFETY: kill our own process.
-                unsafe { sys::syscall3(libc::SYS_kill, sys::getpid_real() as u64, libc::SIGKILL as u64, 0) };
+                unsafe {
+                    sys::syscall3(
+                        libc::SYS_kill,
+                        sys::getpid_real() as u64,
+                        libc::SIGKILL as u64,
+                        0,
+                    )
+                };
             }
             _ => {}
         }
@@ -376,13 +466,17 @@ fn snapshot(generation: u64, dir: &str, own_fd: RawFd) -> Result<Snap, String> {
     let fds = files::dump(&[own_fd])?;
     let kids = process::children(&[]);
     if !kids.is_empty() {
-        let list: Vec<String> = kids.iter().map(|p| format!("{p} ({})", process::comm_of(*p))).collect();
+        let list: Vec<String> = kids
+            .iter()
+            .map(|p| format!("{p} ({})", process::comm_of(*p)))
+            .collect();
         return Err(format!(
             "it has child processes [{}]; checkpointing process trees is not supported yet",
             list.join(", ")
         ));
     }
-    let maps = std::fs::read_to_string("/proc/self/maps").map_err(|e| format!("reading /proc/self/maps: {e}"))?;
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .map_err(|e| format!("reading /proc/self/maps: {e}"))?;
     for e in memory::parse_maps(&maps) {
         memory::classify(&e)?;
     }
@@ -444,7 +538,12 @@ fn fork_frozen() -> Result<Snap, String> {
         // Die with the process: a snapshot must never outlive the program.
         // SAFETY: prctl(PR_SET_PDEATHSIG, SIGKILL); then exit if the parent is already gone.
         unsafe {
-            sys::syscall3(libc::SYS_prctl, libc::PR_SET_PDEATHSIG as u64, libc::SIGKILL as u64, 0);
+            sys::syscall3(
+                libc::SYS_prctl,
+                libc::PR_SET_PDEATHSIG as u64,
+                libc::SIGKILL as u64,
+                0,
+            );
         }
         if sys::getppid_real() != parent {
             sys::exit_group(0);
@@ -462,27 +561,41 @@ fn parked_threads() -> Vec<ThreadMeta> {
     for s in threads::slots().iter() {
         if s.state.load(Ordering::Relaxed) == threads::PARKED {
             let end = s.name.iter().position(|&c| c == 0).unwrap_or(16);
-            v.push(ThreadMeta { vtid: s.vtid, name: String::from_utf8_lossy(&s.name[..end]).into_owned(), runtime: false });
+            v.push(ThreadMeta {
+                vtid: s.vtid,
+                name: String::from_utf8_lossy(&s.name[..end]).into_owned(),
+                runtime: false,
+            });
         }
     }
-    v.push(ThreadMeta { vtid: 0, name: "ckpt".into(), runtime: true });
+    v.push(ThreadMeta {
+        vtid: 0,
+        name: "ckpt".into(),
+        runtime: true,
+    });
     v
 }
 
 /// Writes `dir/proc-<vpid>.img` durably from the frozen snapshot process `snap`.
 fn write_image(generation: u64, dir: &str, snap: i32) -> Result<u64, String> {
     let st = state();
-    let maps = std::fs::read_to_string(format!("/proc/{snap}/maps")).map_err(|e| format!("reading the snapshot's maps: {e}"))?;
-    let mut regions: Vec<Classified> =
-        memory::parse_maps(&maps).iter().filter_map(|e| memory::classify(e).ok().flatten()).collect();
+    let maps = std::fs::read_to_string(format!("/proc/{snap}/maps"))
+        .map_err(|e| format!("reading the snapshot's maps: {e}"))?;
+    let mut regions: Vec<Classified> = memory::parse_maps(&maps)
+        .iter()
+        .filter_map(|e| memory::classify(e).ok().flatten())
+        .collect();
     let vdso = regions
         .iter()
         .find(|c| matches!(c.region.kind, RegionKind::Vdso))
         .map(|c| (c.region.start, c.region.end));
     let mem = std::fs::File::open(format!("/proc/{snap}/mem"))
         .map_err(|e| format!("cannot read the snapshot's memory (/proc/{snap}/mem): {e}; is the program non-dumpable?"))?;
-    let pagemap =
-        if PAGEMAP_OK.load(Ordering::Relaxed) { std::fs::File::open(format!("/proc/{snap}/pagemap")).ok() } else { None };
+    let pagemap = if PAGEMAP_OK.load(Ordering::Relaxed) {
+        std::fs::File::open(format!("/proc/{snap}/pagemap")).ok()
+    } else {
+        None
+    };
     let vpid = vids::VPID.load(Ordering::Relaxed);
     let path = Path::new(dir).join(ckpt_image::CkptDir::image_file_name(vpid));
     // SAFETY: CKPT_CTX was filled by save_context before the fork and is not changed since.
@@ -500,14 +613,19 @@ fn write_image(generation: u64, dir: &str, snap: i32) -> Result<u64, String> {
             real_pid: vids::REAL_PID.load(Ordering::Relaxed),
             vppid: vids::VPPID.load(Ordering::Relaxed),
             program: st.program.clone(),
-            exe: std::fs::read_link("/proc/self/exe").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+            exe: std::fs::read_link("/proc/self/exe")
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             argv: cfg.argv.clone(),
             host: hostname(),
             // SAFETY: getuid/getgid have no preconditions.
             uid: unsafe { libc::getuid() },
             // SAFETY: as above.
             gid: unsafe { libc::getgid() },
-            created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             generation,
             requirements: process::requirements(vdso),
             regions: regions.iter().map(|c| c.region.clone()).collect(),
@@ -559,7 +677,14 @@ fn post_restart() -> Result<(), String> {
         return Err("restorer left no restore information".into());
     }
     // SAFETY: the restorer's window holds nothing of the program (checked at plan time).
-    unsafe { sys::syscall3(libc::SYS_munmap, ri.restorer_lo, ri.restorer_hi - ri.restorer_lo, 0) };
+    unsafe {
+        sys::syscall3(
+            libc::SYS_munmap,
+            ri.restorer_lo,
+            ri.restorer_hi - ri.restorer_lo,
+            0,
+        )
+    };
     // SAFETY: clearing the note so a later, unrelated jump cannot be mistaken for a restore.
     unsafe { (*std::ptr::addr_of_mut!(RESTORE_INFO)).magic = 0 };
     let real = sys::getpid_real();
@@ -600,8 +725,10 @@ fn post_restart() -> Result<(), String> {
         // SAFETY: the info memfd was left open for us by `ckpt restart`.
         let mut f = unsafe { std::fs::File::from_raw_fd(ri.info_fd as RawFd) };
         let mut s = String::new();
-        f.read_to_string(&mut s).map_err(|e| format!("reading restart parameters: {e}"))?;
-        let p: RestartParams = serde_json::from_str(&s).map_err(|e| format!("bad restart parameters: {e}"))?;
+        f.read_to_string(&mut s)
+            .map_err(|e| format!("reading restart parameters: {e}"))?;
+        let p: RestartParams =
+            serde_json::from_str(&s).map_err(|e| format!("bad restart parameters: {e}"))?;
         // SAFETY: only this thread reads CONFIG after start-up.
         unsafe {
             if let Some(c) = (*std::ptr::addr_of_mut!(crate::CONFIG)).as_mut() {

@@ -28,11 +28,19 @@ impl RuntimeAlloc {
     pub const fn new() -> Self {
         RuntimeAlloc {
             lock: AtomicBool::new(false),
-            state: std::cell::UnsafeCell::new(State { free: [0; CLASSES], bump: 0, bump_end: 0 }),
+            state: std::cell::UnsafeCell::new(State {
+                free: [0; CLASSES],
+                bump: 0,
+                bump_end: 0,
+            }),
         }
     }
     fn lock(&self) {
-        while self.lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        while self
+            .lock
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
             std::hint::spin_loop();
         }
     }
@@ -49,8 +57,15 @@ fn class_of(size: usize) -> usize {
 fn map(len: usize) -> *mut u8 {
     // SAFETY: anonymous private mapping; no existing memory is affected.
     let p = unsafe {
-        crate::sys::syscall6(libc::SYS_mmap, 0, len as u64, (libc::PROT_READ | libc::PROT_WRITE) as u64,
-                             (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64, u64::MAX, 0)
+        crate::sys::syscall6(
+            libc::SYS_mmap,
+            0,
+            len as u64,
+            (libc::PROT_READ | libc::PROT_WRITE) as u64,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+            u64::MAX,
+            0,
+        )
     };
     if p < 0 {
         std::ptr::null_mut()
@@ -105,7 +120,14 @@ unsafe impl GlobalAlloc for RuntimeAlloc {
         let size = layout.size().max(layout.align());
         if size > MAX_SMALL {
             // SAFETY: the block was mapped by `map` with this rounded length.
-            unsafe { crate::sys::syscall3(libc::SYS_munmap, ptr as u64, ((size + 4095) & !4095) as u64, 0) };
+            unsafe {
+                crate::sys::syscall3(
+                    libc::SYS_munmap,
+                    ptr as u64,
+                    ((size + 4095) & !4095) as u64,
+                    0,
+                )
+            };
             return;
         }
         let c = class_of(size);

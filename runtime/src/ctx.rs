@@ -72,7 +72,15 @@ extern "C" {
     /// resumed (by the restorer or [`clone_into`]), it returns again, with a non-zero value.
     /// Callers must not rely on locals modified after the first return.
     pub fn __ckpt_save_context(ctx: *mut Ctx) -> u64;
-    fn __ckpt_clone_into(flags: u64, stack: u64, ptid: u64, ctid: u64, tls: u64, ctx: *const Ctx, retval: u64) -> i64;
+    fn __ckpt_clone_into(
+        flags: u64,
+        stack: u64,
+        ptid: u64,
+        ctid: u64,
+        tls: u64,
+        ctx: *const Ctx,
+        retval: u64,
+    ) -> i64;
 }
 
 /// Creates a thread (raw clone) that resumes `ctx` with thread pointer `tls`; its
@@ -83,12 +91,27 @@ extern "C" {
 /// `ctx` must have been saved by a thread of this process whose stack and TLS are mapped,
 /// and nothing else may be running on that stack.
 pub unsafe fn clone_into(ctx: &Ctx, tls: u64, tid_addr: u64, retval: u64) -> i64 {
-    let mut flags = (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND
-        | libc::CLONE_THREAD | libc::CLONE_SYSVSEM | libc::CLONE_SETTLS) as u64;
+    let mut flags = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM
+        | libc::CLONE_SETTLS) as u64;
     if tid_addr != 0 {
         flags |= (libc::CLONE_PARENT_SETTID | libc::CLONE_CHILD_CLEARTID) as u64;
     }
     let stack = (ctx.rsp - 1024) & !15;
     // SAFETY: forwarded contract; the child never returns into our frame.
-    unsafe { __ckpt_clone_into(flags, stack, tid_addr, tid_addr, tls, ctx as *const Ctx, retval) }
+    unsafe {
+        __ckpt_clone_into(
+            flags,
+            stack,
+            tid_addr,
+            tid_addr,
+            tls,
+            ctx as *const Ctx,
+            retval,
+        )
+    }
 }

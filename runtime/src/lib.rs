@@ -19,7 +19,9 @@ mod sys;
 mod threads;
 mod vids;
 
-pub use vids::{getpid, getppid, gettid, kill, pthread_sigmask, sigaction, signal, sigprocmask, tgkill};
+pub use vids::{
+    getpid, getppid, gettid, kill, pthread_sigmask, sigaction, signal, sigprocmask, tgkill,
+};
 
 use std::ffi::CStr;
 use std::os::raw::c_char;
@@ -41,7 +43,11 @@ static CKPT_TID: AtomicI32 = AtomicI32::new(0);
 pub fn config() -> &'static Config {
     // SAFETY: written once by the constructor before the checkpoint thread starts; only read
     // afterwards (the restart path updates it from the checkpoint thread alone).
-    unsafe { (*std::ptr::addr_of!(CONFIG)).as_ref().expect("runtime configured") }
+    unsafe {
+        (*std::ptr::addr_of!(CONFIG))
+            .as_ref()
+            .expect("runtime configured")
+    }
 }
 
 pub fn is_runtime_thread(tid: i32) -> bool {
@@ -80,7 +86,10 @@ extern "C" fn ctor(argc: i32, argv: *const *const c_char, envp: *const *const c_
     let Some(socket) = socket else { return };
     // Our own tools never run under checkpoint control.
     if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
-        let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = exe
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if name == "ckpt" || name == "ckpt-coordinatord" || name == "ckpt-restore" {
             return;
         }
@@ -96,7 +105,13 @@ extern "C" fn ctor(argc: i32, argv: *const *const c_char, envp: *const *const c_
         args.push(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned());
     }
     // SAFETY: single-threaded at constructor time.
-    unsafe { CONFIG = Some(Config { socket, ckpt_dir: dir, argv: args }) };
+    unsafe {
+        CONFIG = Some(Config {
+            socket,
+            ckpt_dir: dir,
+            argv: args,
+        })
+    };
     if !(1..=64).contains(&sig) || sig == libc::SIGKILL || sig == libc::SIGSTOP {
         sig = 62;
     }

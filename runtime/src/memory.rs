@@ -16,6 +16,8 @@ pub struct MapsEntry {
     pub prot: Prot,
     pub shared: bool,
     pub offset: u64,
+    /// Device as printed in maps (overlay file systems report another one in stat).
+    #[allow(dead_code)]
     pub dev: u64,
     pub ino: u64,
     pub name: String,
@@ -25,21 +27,30 @@ pub fn parse_maps(text: &str) -> Vec<MapsEntry> {
     let mut out = Vec::new();
     for line in text.lines() {
         let mut it = line.splitn(6, ' ');
-        let (Some(range), Some(perms), Some(off), Some(dev), Some(ino)) = (it.next(), it.next(), it.next(), it.next(), it.next()) else {
+        let (Some(range), Some(perms), Some(off), Some(dev), Some(ino)) =
+            (it.next(), it.next(), it.next(), it.next(), it.next())
+        else {
             continue;
         };
         let name = it.next().unwrap_or("").trim_start().to_string();
-        let Some((a, b)) = range.split_once('-') else { continue };
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
         let p = perms.as_bytes();
         if p.len() < 4 {
             continue;
         }
         let (maj, min) = dev.split_once(':').unwrap_or(("0", "0"));
-        let dev = (u64::from_str_radix(maj, 16).unwrap_or(0) << 8) | u64::from_str_radix(min, 16).unwrap_or(0);
+        let dev = (u64::from_str_radix(maj, 16).unwrap_or(0) << 8)
+            | u64::from_str_radix(min, 16).unwrap_or(0);
         out.push(MapsEntry {
             start: u64::from_str_radix(a, 16).unwrap_or(0),
             end: u64::from_str_radix(b, 16).unwrap_or(0),
-            prot: Prot { read: p[0] == b'r', write: p[1] == b'w', exec: p[2] == b'x' },
+            prot: Prot {
+                read: p[0] == b'r',
+                write: p[1] == b'w',
+                exec: p[2] == b'x',
+            },
             shared: p[3] == b's',
             offset: u64::from_str_radix(off, 16).unwrap_or(0),
             dev,
@@ -72,7 +83,14 @@ pub struct Classified {
 pub fn classify(e: &MapsEntry) -> Result<Option<Classified>, String> {
     let mk = |kind: RegionKind, policy: Policy| {
         Ok(Some(Classified {
-            region: Region { start: e.start, end: e.end, prot: e.prot, shared: e.shared, kind, stored_bytes: 0 },
+            region: Region {
+                start: e.start,
+                end: e.end,
+                prot: e.prot,
+                shared: e.shared,
+                kind,
+                stored_bytes: 0,
+            },
             policy,
         }))
     };
@@ -161,7 +179,9 @@ pub fn write_regions(
             let have_pm = match pagemap {
                 Some(f) if c.policy != Policy::All => {
                     // SAFETY: viewing the u64 buffer as bytes for reading into it.
-                    let bytes = unsafe { std::slice::from_raw_parts_mut(pm.as_mut_ptr() as *mut u8, n * 8) };
+                    let bytes = unsafe {
+                        std::slice::from_raw_parts_mut(pm.as_mut_ptr() as *mut u8, n * 8)
+                    };
                     f.read_exact_at(bytes, (base / PAGE) * 8).is_ok()
                 }
                 _ => false,
@@ -193,14 +213,18 @@ pub fn write_regions(
                 let off = i * PAGE as usize;
                 let len = (j - i) * PAGE as usize;
                 let addr = base + off as u64;
-                mem.read_exact_at(&mut buf[off..off + len], addr).map_err(|e| ImageError::Io {
-                    path: std::path::PathBuf::from("/proc/<snapshot>/mem"),
-                    op: "read memory at the snapshot",
-                    source: std::io::Error::new(e.kind(), format!("{addr:#x}+{len:#x}: {e}")),
-                })?;
+                mem.read_exact_at(&mut buf[off..off + len], addr)
+                    .map_err(|e| ImageError::Io {
+                        path: std::path::PathBuf::from("/proc/<snapshot>/mem"),
+                        op: "read memory at the snapshot",
+                        source: std::io::Error::new(e.kind(), format!("{addr:#x}+{len:#x}: {e}")),
+                    })?;
                 let mut k = i;
                 while k < j {
-                    let keep = |p: usize| c.policy != Policy::Anon || !is_zero(&buf[p * PAGE as usize..(p + 1) * PAGE as usize]);
+                    let keep = |p: usize| {
+                        c.policy != Policy::Anon
+                            || !is_zero(&buf[p * PAGE as usize..(p + 1) * PAGE as usize])
+                    };
                     if !keep(k) {
                         k += 1;
                         continue;
@@ -240,9 +264,15 @@ mod tests {
         assert_eq!(m[1].ino, 1234);
         assert_eq!(m[1].dev, 0xfd01);
         assert_eq!(m[1].name, "/usr/lib/x.so");
-        assert!(matches!(classify(&m[2]).unwrap().unwrap().region.kind, RegionKind::Vdso));
+        assert!(matches!(
+            classify(&m[2]).unwrap().unwrap().region.kind,
+            RegionKind::Vdso
+        ));
         assert!(classify(&m[3]).is_err());
-        assert!(matches!(classify(&m[0]).unwrap().unwrap().region.kind, RegionKind::Heap));
+        assert!(matches!(
+            classify(&m[0]).unwrap().unwrap().region.kind,
+            RegionKind::Heap
+        ));
     }
 
     #[test]

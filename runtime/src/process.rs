@@ -21,7 +21,15 @@ pub fn dump_sigactions() -> [KSigaction; NSIG] {
     for sig in 1..=NSIG {
         // SAFETY: rt_sigaction query (act = NULL) into our buffer.
         unsafe {
-            crate::sys::syscall6(libc::SYS_rt_sigaction, sig as u64, 0, &mut out[sig - 1] as *mut KSigaction as u64, 8, 0, 0)
+            crate::sys::syscall6(
+                libc::SYS_rt_sigaction,
+                sig as u64,
+                0,
+                &mut out[sig - 1] as *mut KSigaction as u64,
+                8,
+                0,
+                0,
+            )
         };
     }
     out
@@ -34,7 +42,15 @@ pub fn restore_sigactions(all: &[KSigaction; NSIG]) {
         }
         // SAFETY: installs a disposition recorded from this very program's memory.
         unsafe {
-            crate::sys::syscall6(libc::SYS_rt_sigaction, sig as u64, &all[sig - 1] as *const KSigaction as u64, 0, 8, 0, 0)
+            crate::sys::syscall6(
+                libc::SYS_rt_sigaction,
+                sig as u64,
+                &all[sig - 1] as *const KSigaction as u64,
+                0,
+                8,
+                0,
+                0,
+            )
         };
     }
 }
@@ -42,7 +58,10 @@ pub fn restore_sigactions(all: &[KSigaction; NSIG]) {
 pub fn dump_rlimits() -> Vec<(u32, u64, u64)> {
     let mut v = Vec::new();
     for r in 0..16u32 {
-        let mut l = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+        let mut l = libc::rlimit64 {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         // SAFETY: prlimit64 query of our own process.
         if unsafe { libc::prlimit64(0, r as _, std::ptr::null(), &mut l) } == 0 {
             v.push((r, l.rlim_cur, l.rlim_max));
@@ -54,15 +73,24 @@ pub fn dump_rlimits() -> Vec<(u32, u64, u64)> {
 pub fn restore_rlimits(v: &[(u32, u64, u64)]) -> Vec<String> {
     let mut warnings = Vec::new();
     for &(r, cur, max) in v {
-        let l = libc::rlimit64 { rlim_cur: cur, rlim_max: max };
+        let l = libc::rlimit64 {
+            rlim_cur: cur,
+            rlim_max: max,
+        };
         // SAFETY: prlimit64 set on our own process.
         if unsafe { libc::prlimit64(0, r as _, &l, std::ptr::null_mut()) } != 0 {
             // Raising a hard limit needs privilege: keep the soft limit at least.
-            let mut now = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+            let mut now = libc::rlimit64 {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
             // SAFETY: query then set within the current hard limit.
             unsafe {
                 libc::prlimit64(0, r as _, std::ptr::null(), &mut now);
-                let l2 = libc::rlimit64 { rlim_cur: cur.min(now.rlim_max), rlim_max: now.rlim_max };
+                let l2 = libc::rlimit64 {
+                    rlim_cur: cur.min(now.rlim_max),
+                    rlim_max: now.rlim_max,
+                };
                 libc::prlimit64(0, r as _, &l2, std::ptr::null_mut());
             }
             warnings.push(format!("rlimit {r}: could not restore hard limit {max}"));
@@ -83,13 +111,17 @@ pub fn umask() -> u32 {
 }
 
 pub fn cwd() -> String {
-    std::fs::read_link("/proc/self/cwd").map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| "/".into())
+    std::fs::read_link("/proc/self/cwd")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "/".into())
 }
 
 /// Parses /proc/self/stat for the mm fields PR_SET_MM_MAP takes.
 pub fn mm_fields() -> MmFields {
     let mut m = MmFields::default();
-    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else { return m };
+    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else {
+        return m;
+    };
     let Some(close) = s.rfind(')') else { return m };
     // Field 3 (state) is the first after ") ".
     let f: Vec<&str> = s[close + 2..].split_whitespace().collect();
@@ -110,14 +142,23 @@ pub fn mm_fields() -> MmFields {
 }
 
 pub fn read_auxv() -> Vec<(u64, u64)> {
-    let Ok(b) = std::fs::read("/proc/self/auxv") else { return Vec::new() };
+    let Ok(b) = std::fs::read("/proc/self/auxv") else {
+        return Vec::new();
+    };
     b.chunks_exact(16)
-        .map(|c| (u64::from_ne_bytes(c[..8].try_into().unwrap()), u64::from_ne_bytes(c[8..].try_into().unwrap())))
+        .map(|c| {
+            (
+                u64::from_ne_bytes(c[..8].try_into().unwrap()),
+                u64::from_ne_bytes(c[8..].try_into().unwrap()),
+            )
+        })
         .collect()
 }
 
 pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// FNV-1a of a memory range (the vdso).
@@ -141,7 +182,9 @@ pub fn xsave_features() -> u64 {
     }
     let (lo, hi): (u32, u32);
     // SAFETY: xgetbv(0) is allowed when OSXSAVE is set.
-    unsafe { std::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+    unsafe {
+        std::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack))
+    };
     ((hi as u64) << 32) | lo as u64
 }
 
@@ -160,7 +203,11 @@ pub fn children(except: &[i32]) -> Vec<i32> {
     if let Ok(tids) = crate::sys::list_numeric_dir("/proc/self/task") {
         for t in tids {
             if let Ok(s) = std::fs::read_to_string(format!("/proc/self/task/{t}/children")) {
-                out.extend(s.split_whitespace().filter_map(|v| v.parse::<i32>().ok()).filter(|p| !except.contains(p)));
+                out.extend(
+                    s.split_whitespace()
+                        .filter_map(|v| v.parse::<i32>().ok())
+                        .filter(|p| !except.contains(p)),
+                );
             }
         }
     }
@@ -168,7 +215,9 @@ pub fn children(except: &[i32]) -> Vec<i32> {
 }
 
 pub fn comm_of(pid: i32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -179,15 +228,24 @@ mod tests {
     fn sigactions_round_trip() {
         extern "C" fn h(_: i32) {}
         // SAFETY: installing a handler for SIGUSR2 in the test process.
-        unsafe { libc::signal(libc::SIGUSR2, h as usize) };
+        unsafe { libc::signal(libc::SIGUSR2, h as *const () as usize) };
         let saved = dump_sigactions();
-        assert_eq!(saved[libc::SIGUSR2 as usize - 1].handler, h as usize as u64);
+        assert_eq!(
+            saved[libc::SIGUSR2 as usize - 1].handler,
+            h as *const () as usize as u64
+        );
         // SAFETY: reset to default, then restore the recorded table.
         unsafe { libc::signal(libc::SIGUSR2, libc::SIG_DFL) };
         restore_sigactions(&saved);
         let again = dump_sigactions();
-        assert_eq!(again[libc::SIGUSR2 as usize - 1].handler, h as usize as u64);
-        assert_eq!(again[libc::SIGUSR2 as usize - 1].flags, saved[libc::SIGUSR2 as usize - 1].flags);
+        assert_eq!(
+            again[libc::SIGUSR2 as usize - 1].handler,
+            h as *const () as usize as u64
+        );
+        assert_eq!(
+            again[libc::SIGUSR2 as usize - 1].flags,
+            saved[libc::SIGUSR2 as usize - 1].flags
+        );
     }
 
     #[test]

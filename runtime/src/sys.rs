@@ -2,7 +2,7 @@
 //! are parked (they may hold glibc's locks, so nothing here may take one).
 
 use core::arch::asm;
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 
 /// # Safety
 /// A raw system call: every argument must be valid for syscall `n`.
@@ -57,32 +57,40 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout_ms: Option<u64>) {
     let ts;
     let tsp = match timeout_ms {
         Some(ms) => {
-            ts = libc::timespec { tv_sec: (ms / 1000) as i64, tv_nsec: ((ms % 1000) * 1_000_000) as i64 };
+            ts = libc::timespec {
+                tv_sec: (ms / 1000) as i64,
+                tv_nsec: ((ms % 1000) * 1_000_000) as i64,
+            };
             &ts as *const libc::timespec as u64
         }
         None => 0,
     };
     // SAFETY: FUTEX_WAIT_PRIVATE on a live atomic; the kernel only reads it.
     unsafe {
-        syscall6(libc::SYS_futex, word.as_ptr() as u64, (libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG) as u64,
-                 expected as u64, tsp, 0, 0)
+        syscall6(
+            libc::SYS_futex,
+            word.as_ptr() as u64,
+            (libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG) as u64,
+            expected as u64,
+            tsp,
+            0,
+            0,
+        )
     };
 }
 
 pub fn futex_wake(word: &AtomicU32) {
     // SAFETY: FUTEX_WAKE_PRIVATE on a live atomic.
     unsafe {
-        syscall6(libc::SYS_futex, word.as_ptr() as u64, (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as u64,
-                 i32::MAX as u64, 0, 0, 0)
-    };
-}
-
-pub fn futex_wait_i32(word: &AtomicI32, expected: i32, timeout_ms: u64) {
-    let ts = libc::timespec { tv_sec: (timeout_ms / 1000) as i64, tv_nsec: ((timeout_ms % 1000) * 1_000_000) as i64 };
-    // SAFETY: FUTEX_WAIT (shared, as the kernel's CLONE_CHILD_CLEARTID wake is not private).
-    unsafe {
-        syscall6(libc::SYS_futex, word.as_ptr() as u64, libc::FUTEX_WAIT as u64, expected as u32 as u64,
-                 &ts as *const libc::timespec as u64, 0, 0)
+        syscall6(
+            libc::SYS_futex,
+            word.as_ptr() as u64,
+            (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as u64,
+            i32::MAX as u64,
+            0,
+            0,
+            0,
+        )
     };
 }
 
@@ -90,7 +98,14 @@ pub fn futex_wait_i32(word: &AtomicI32, expected: i32, timeout_ms: u64) {
 pub fn write_all(fd: i32, mut buf: &[u8]) -> bool {
     while !buf.is_empty() {
         // SAFETY: buf is readable for its length.
-        let r = unsafe { syscall3(libc::SYS_write, fd as u64, buf.as_ptr() as u64, buf.len() as u64) };
+        let r = unsafe {
+            syscall3(
+                libc::SYS_write,
+                fd as u64,
+                buf.as_ptr() as u64,
+                buf.len() as u64,
+            )
+        };
         if r == -(libc::EINTR as i64) {
             continue;
         }
@@ -110,9 +125,19 @@ pub fn exit_group(code: i32) -> ! {
 }
 
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: writes one timespec.
-    unsafe { syscall3(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC as u64, &mut ts as *mut _ as u64, 0) };
+    unsafe {
+        syscall3(
+            libc::SYS_clock_gettime,
+            libc::CLOCK_MONOTONIC as u64,
+            &mut ts as *mut _ as u64,
+            0,
+        )
+    };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -126,7 +151,14 @@ pub fn list_numeric_dir(path: &str) -> std::io::Result<Vec<i32>> {
     let mut buf = vec![0u8; 16384];
     loop {
         // SAFETY: getdents64 fills at most buf.len() bytes.
-        let n = unsafe { syscall3(libc::SYS_getdents64, fd as u64, buf.as_mut_ptr() as u64, buf.len() as u64) };
+        let n = unsafe {
+            syscall3(
+                libc::SYS_getdents64,
+                fd as u64,
+                buf.as_mut_ptr() as u64,
+                buf.len() as u64,
+            )
+        };
         if n < 0 {
             return Err(std::io::Error::from_raw_os_error(-n as i32));
         }

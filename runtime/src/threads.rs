@@ -8,7 +8,7 @@
 //! thread (robust futex list, rseq, alternate signal stack) and returns from the handler:
 //! `rt_sigreturn` reloads everything else.
 
-use crate::ctx::{Ctx, __ckpt_save_context, clone_into};
+use crate::ctx::{__ckpt_save_context, clone_into, Ctx};
 use crate::sys;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
@@ -49,11 +49,24 @@ const EMPTY: Slot = Slot {
     real_tid: AtomicI32::new(0),
     vtid: 0,
     seen: false,
-    ctx: Ctx { rbx: 0, rbp: 0, r12: 0, r13: 0, r14: 0, r15: 0, rsp: 0, rip: 0 },
+    ctx: Ctx {
+        rbx: 0,
+        rbp: 0,
+        r12: 0,
+        r13: 0,
+        r14: 0,
+        r15: 0,
+        rsp: 0,
+        rip: 0,
+    },
     fs_base: 0,
     robust_head: 0,
     robust_len: 0,
-    altstack: libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: 0, ss_size: 0 },
+    altstack: libc::stack_t {
+        ss_sp: std::ptr::null_mut(),
+        ss_flags: 0,
+        ss_size: 0,
+    },
     sc_nr: -1,
     sc_pc: 0,
     name: [0; 16],
@@ -78,7 +91,9 @@ pub fn slots() -> &'static mut [Slot; MAX_THREADS] {
 }
 
 fn find_slot(real_tid: i32) -> Option<&'static mut Slot> {
-    slots().iter_mut().find(|s| s.state.load(Ordering::Acquire) != FREE && s.real_tid.load(Ordering::Relaxed) == real_tid)
+    slots().iter_mut().find(|s| {
+        s.state.load(Ordering::Acquire) != FREE && s.real_tid.load(Ordering::Relaxed) == real_tid
+    })
 }
 
 /// Virtual tid of a real tid (identity for threads born in this incarnation).
@@ -119,9 +134,18 @@ pub extern "C" fn handler(_sig: i32, _info: *mut libc::siginfo_t, uc: *mut libc:
     slot.fs_base = sys::get_fs_base();
     // SAFETY: get_robust_list(0 = self) writes a pointer and a length.
     unsafe {
-        sys::syscall3(libc::SYS_get_robust_list, 0, &mut slot.robust_head as *mut u64 as u64,
-                      &mut slot.robust_len as *mut u64 as u64);
-        sys::syscall3(libc::SYS_sigaltstack, 0, &mut slot.altstack as *mut libc::stack_t as u64, 0);
+        sys::syscall3(
+            libc::SYS_get_robust_list,
+            0,
+            &mut slot.robust_head as *mut u64 as u64,
+            &mut slot.robust_len as *mut u64 as u64,
+        );
+        sys::syscall3(
+            libc::SYS_sigaltstack,
+            0,
+            &mut slot.altstack as *mut libc::stack_t as u64,
+            0,
+        );
     }
     if !uc.is_null() && slot.sc_nr >= 0 && EINTR_RESTART.contains(&slot.sc_nr) {
         // SAFETY: the kernel passes a valid ucontext to an SA_SIGINFO handler.
@@ -176,7 +200,14 @@ fn after_restore(slot: *mut Slot) {
         let mut ss = slot.altstack;
         ss.ss_flags &= !libc::SS_ONSTACK;
         // SAFETY: re-installs the thread's own alternate stack description.
-        unsafe { sys::syscall3(libc::SYS_sigaltstack, &ss as *const libc::stack_t as u64, 0, 0) };
+        unsafe {
+            sys::syscall3(
+                libc::SYS_sigaltstack,
+                &ss as *const libc::stack_t as u64,
+                0,
+                0,
+            )
+        };
     }
     slot.state.store(RESTORED, Ordering::Release);
 }
@@ -201,7 +232,9 @@ pub fn register_thread_state(fs_base: u64, robust_head: u64, robust_len: u64) {
 
 fn read_syscall(pid: i32, tid: i32) -> (i64, u64) {
     let path = format!("/proc/{pid}/task/{tid}/syscall");
-    let Ok(s) = std::fs::read_to_string(path) else { return (-1, 0) };
+    let Ok(s) = std::fs::read_to_string(path) else {
+        return (-1, 0);
+    };
     let f: Vec<&str> = s.split_whitespace().collect();
     if f.len() < 9 {
         return (-1, 0);
@@ -221,7 +254,8 @@ pub fn suspend_all(sig: i32, timeout_ms: u64) -> Result<usize, String> {
     }
     let start = sys::monotonic_ns();
     loop {
-        let tids = sys::list_numeric_dir("/proc/self/task").map_err(|e| format!("listing /proc/self/task: {e}"))?;
+        let tids = sys::list_numeric_dir("/proc/self/task")
+            .map_err(|e| format!("listing /proc/self/task: {e}"))?;
         let mut new = 0;
         let mut pending = 0;
         for &t in &tids {
@@ -231,7 +265,10 @@ pub fn suspend_all(sig: i32, timeout_ms: u64) -> Result<usize, String> {
             let slot = match find_slot(t) {
                 Some(s) => s,
                 None => {
-                    let Some(s) = slots().iter_mut().find(|s| s.state.load(Ordering::Relaxed) == FREE) else {
+                    let Some(s) = slots()
+                        .iter_mut()
+                        .find(|s| s.state.load(Ordering::Relaxed) == FREE)
+                    else {
                         resume_all();
                         return Err(format!("more than {MAX_THREADS} threads"));
                     };
@@ -292,7 +329,10 @@ pub fn suspend_all(sig: i32, timeout_ms: u64) -> Result<usize, String> {
         let ev = PARK_EVENTS.load(Ordering::Acquire);
         sys::futex_wait(&PARK_EVENTS, ev, Some(2));
     }
-    Ok(slots().iter().filter(|s| s.state.load(Ordering::Relaxed) == PARKED).count())
+    Ok(slots()
+        .iter()
+        .filter(|s| s.state.load(Ordering::Relaxed) == PARKED)
+        .count())
 }
 
 /// Lets every parked thread continue.
@@ -330,7 +370,10 @@ pub fn recreate_all() -> Result<usize, String> {
     // Wait until each reports RESTORED.
     let start = sys::monotonic_ns();
     loop {
-        let waiting = slots().iter().filter(|s| s.state.load(Ordering::Acquire) == PARKED).count();
+        let waiting = slots()
+            .iter()
+            .filter(|s| s.state.load(Ordering::Acquire) == PARKED)
+            .count();
         if waiting == 0 {
             break;
         }
@@ -353,7 +396,10 @@ pub fn discover_tid_offset(fs_a: u64, tid_a: i32, fs_b: u64, tid_b: i32) -> i32 
     while off < 2048 {
         // SAFETY: both thread control blocks are larger than 2 KiB in glibc and mapped.
         let (a, b) = unsafe {
-            (std::ptr::read_volatile((fs_a + off) as *const i32), std::ptr::read_volatile((fs_b + off) as *const i32))
+            (
+                std::ptr::read_volatile((fs_a + off) as *const i32),
+                std::ptr::read_volatile((fs_b + off) as *const i32),
+            )
         };
         if a == tid_a && b == tid_b {
             return off as i32;

@@ -91,12 +91,18 @@ pub extern "C" fn kill(pid: libc::pid_t, sig: libc::c_int) -> libc::c_int {
 
 #[no_mangle]
 pub extern "C" fn tgkill(tgid: libc::pid_t, tid: libc::pid_t, sig: libc::c_int) -> libc::c_int {
-    let rt = if RESTORED.load(Ordering::Relaxed) { crate::threads::real_tid(tid) } else { tid };
+    let rt = if RESTORED.load(Ordering::Relaxed) {
+        crate::threads::real_tid(tid)
+    } else {
+        tid
+    };
     set_errno_ret(sys::tgkill(to_real_pid(tgid), rt, sig))
 }
 
-type SigactionFn = unsafe extern "C" fn(libc::c_int, *const libc::sigaction, *mut libc::sigaction) -> libc::c_int;
-type SigmaskFn = unsafe extern "C" fn(libc::c_int, *const libc::sigset_t, *mut libc::sigset_t) -> libc::c_int;
+type SigactionFn =
+    unsafe extern "C" fn(libc::c_int, *const libc::sigaction, *mut libc::sigaction) -> libc::c_int;
+type SigmaskFn =
+    unsafe extern "C" fn(libc::c_int, *const libc::sigset_t, *mut libc::sigset_t) -> libc::c_int;
 
 static REAL_SIGACTION: AtomicUsize = AtomicUsize::new(0);
 static REAL_SIGPROCMASK: AtomicUsize = AtomicUsize::new(0);
@@ -121,14 +127,26 @@ pub fn resolve_real() {
     next_symbol(&REAL_PTHREAD_SIGMASK, b"pthread_sigmask\0");
 }
 
-pub fn real_sigaction(sig: i32, act: *const libc::sigaction, old: *mut libc::sigaction) -> libc::c_int {
+pub fn real_sigaction(
+    sig: i32,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> libc::c_int {
     let f = next_symbol(&REAL_SIGACTION, b"sigaction\0");
     // SAFETY: f is glibc's sigaction (same signature).
     unsafe { std::mem::transmute::<usize, SigactionFn>(f)(sig, act, old) }
 }
 
+/// Interposed libc function.
+///
+/// # Safety
+/// Same contract as the libc function of that name.
 #[no_mangle]
-pub unsafe extern "C" fn sigaction(sig: libc::c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> libc::c_int {
+pub unsafe extern "C" fn sigaction(
+    sig: libc::c_int,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> libc::c_int {
     if ACTIVE.load(Ordering::Relaxed) && sig == CKPT_SIG.load(Ordering::Relaxed) {
         // The program wants our signal: remember its handler, keep ours.
         if !old.is_null() {
@@ -147,8 +165,15 @@ pub unsafe extern "C" fn sigaction(sig: libc::c_int, act: *const libc::sigaction
     real_sigaction(sig, act, old)
 }
 
+/// Interposed libc function.
+///
+/// # Safety
+/// Same contract as the libc function of that name.
 #[no_mangle]
-pub unsafe extern "C" fn signal(sig: libc::c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+pub unsafe extern "C" fn signal(
+    sig: libc::c_int,
+    handler: libc::sighandler_t,
+) -> libc::sighandler_t {
     // SAFETY: zeroed sigaction is a valid starting value.
     let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
     act.sa_sigaction = handler;
@@ -162,7 +187,11 @@ pub unsafe extern "C" fn signal(sig: libc::c_int, handler: libc::sighandler_t) -
     old.sa_sigaction
 }
 
-fn filtered(set: *const libc::sigset_t, how: libc::c_int, copy: &mut libc::sigset_t) -> *const libc::sigset_t {
+fn filtered(
+    set: *const libc::sigset_t,
+    how: libc::c_int,
+    copy: &mut libc::sigset_t,
+) -> *const libc::sigset_t {
     if set.is_null() || !ACTIVE.load(Ordering::Relaxed) || how == libc::SIG_UNBLOCK {
         return set;
     }
@@ -173,8 +202,16 @@ fn filtered(set: *const libc::sigset_t, how: libc::c_int, copy: &mut libc::sigse
     copy
 }
 
+/// Interposed libc function.
+///
+/// # Safety
+/// Same contract as the libc function of that name.
 #[no_mangle]
-pub unsafe extern "C" fn sigprocmask(how: libc::c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> libc::c_int {
+pub unsafe extern "C" fn sigprocmask(
+    how: libc::c_int,
+    set: *const libc::sigset_t,
+    old: *mut libc::sigset_t,
+) -> libc::c_int {
     // SAFETY: zeroed sigset is valid.
     let mut copy: libc::sigset_t = unsafe { std::mem::zeroed() };
     let set = filtered(set, how, &mut copy);
@@ -183,8 +220,16 @@ pub unsafe extern "C" fn sigprocmask(how: libc::c_int, set: *const libc::sigset_
     unsafe { std::mem::transmute::<usize, SigmaskFn>(f)(how, set, old) }
 }
 
+/// Interposed libc function.
+///
+/// # Safety
+/// Same contract as the libc function of that name.
 #[no_mangle]
-pub unsafe extern "C" fn pthread_sigmask(how: libc::c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> libc::c_int {
+pub unsafe extern "C" fn pthread_sigmask(
+    how: libc::c_int,
+    set: *const libc::sigset_t,
+    old: *mut libc::sigset_t,
+) -> libc::c_int {
     // SAFETY: zeroed sigset is valid.
     let mut copy: libc::sigset_t = unsafe { std::mem::zeroed() };
     let set = filtered(set, how, &mut copy);
