@@ -176,6 +176,10 @@ fn footer() -> String {
 
 /// `ckpt`'s main.
 pub fn main() -> ExitCode {
+    // Rust starts with SIGPIPE ignored; a program we exec must get the default back (and
+    // `ckpt inspect | head` should end quietly, not panic).
+    // SAFETY: resetting one signal disposition at start-up, single-threaded.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let footer = footer();
     let short = format!(
         "Default checkpoint directory here: {} (--help: environment, exit status)",

@@ -82,7 +82,16 @@ pub fn run(dir: &Path, generation: Option<u64>) -> anyhow::Result<()> {
     for r in &meta.regions {
         if let RegionKind::File { path, .. } = &r.kind {
             if !file_fds.iter().any(|(p, _)| p == path) {
-                let f = std::fs::File::open(path)
+                // A shared writable mapping needs a writable descriptor.
+                let rw = meta.regions.iter().any(|o| {
+                    o.shared
+                        && o.prot.write
+                        && matches!(&o.kind, RegionKind::File { path: p, .. } if p == path)
+                });
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(rw)
+                    .open(path)
                     .with_context(|| format!("opening {path} (mapped by the program)"))?;
                 let fd = high(f)?;
                 file_fds.push((path.clone(), fd));
@@ -313,7 +322,12 @@ fn check_files(meta: &ProcessMeta, img: &Path) -> anyhow::Result<()> {
                 )
             })?;
             let m = md.mtime() * 1_000_000_000 + md.mtime_nsec();
-            if md.dev() != *dev || md.ino() != *ino || md.size() != *size || m != *mtime_ns {
+            // The program itself may have written through a shared writable mapping.
+            let written = r.shared && r.prot.write;
+            if md.dev() != *dev
+                || md.ino() != *ino
+                || (!written && (md.size() != *size || m != *mtime_ns))
+            {
                 bail!(
                     "{}: {path} changed since the checkpoint (it is mapped by the program; reinstalling or editing it breaks the restore)",
                     img.display()
@@ -418,7 +432,11 @@ fn build_plan(
                     .map(|(_, fd)| *fd)
                     .context("file fd")?;
                 Op {
-                    kind: OP_MAP_FILE,
+                    kind: if r.shared {
+                        OP_MAP_SHARED_FILE
+                    } else {
+                        OP_MAP_FILE
+                    },
                     prot: map_prot,
                     flags: 0,
                     fd,

@@ -31,6 +31,8 @@ struct ProcState {
     auxv: Vec<(u64, u64)>,
     program: String,
     threads: Vec<ThreadMeta>,
+    /// Process-directed signals pending at the snapshot (bit n-1 = signal n).
+    shared_pending: u64,
 }
 
 static mut STATE: Option<ProcState> = None;
@@ -110,10 +112,38 @@ pub fn start() {
         Ordering::Relaxed,
     );
 
+    // The new thread inherits our mask: block everything around the spawn so that no
+    // signal meant for the program can ever be delivered to the checkpoint thread.
+    let all: u64 = !0;
+    let mut old_mask: u64 = 0;
+    // SAFETY: rt_sigprocmask(SIG_SETMASK, &all, &old, 8) on this (main) thread.
+    unsafe {
+        sys::syscall6(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK as u64,
+            &all as *const u64 as u64,
+            &mut old_mask as *mut u64 as u64,
+            8,
+            0,
+            0,
+        )
+    };
     let r = std::thread::Builder::new()
         .name("ckpt".into())
         .stack_size(1 << 20)
         .spawn(agent_main);
+    // SAFETY: restores the main thread's own mask.
+    unsafe {
+        sys::syscall6(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK as u64,
+            &old_mask as *const u64 as u64,
+            0,
+            8,
+            0,
+            0,
+        )
+    };
     if let Err(e) = r {
         error!("cannot start the checkpoint thread: {e}; checkpointing disabled");
     }
@@ -481,6 +511,15 @@ fn snapshot(generation: u64, dir: &str, own_fd: RawFd) -> Result<Snap, String> {
         memory::classify(&e)?;
     }
     let auxv = process::read_auxv();
+    let ckpt_bit = 1u64 << (vids::CKPT_SIG.load(Ordering::Relaxed) - 1);
+    let mut shared_pending = 0;
+    for s in threads::slots().iter_mut() {
+        if s.state.load(Ordering::Relaxed) == threads::PARKED {
+            let (own, shared) = process::pending_signals(s.real_tid.load(Ordering::Relaxed));
+            s.pending = own & !ckpt_bit;
+            shared_pending = shared & !ckpt_bit;
+        }
+    }
     // SAFETY: only the checkpoint thread touches AUXV_COPY and STATE.
     unsafe {
         let a = &mut *std::ptr::addr_of_mut!(AUXV_COPY);
@@ -501,6 +540,7 @@ fn snapshot(generation: u64, dir: &str, own_fd: RawFd) -> Result<Snap, String> {
             auxv,
             program: main_thread_name(),
             threads: parked_threads(),
+            shared_pending,
         });
     }
     // SAFETY: CKPT_CTX is only used by this thread and the restorer; see ctx.rs for the
@@ -734,6 +774,23 @@ fn post_restart() -> Result<(), String> {
             if let Some(c) = (*std::ptr::addr_of_mut!(crate::CONFIG)).as_mut() {
                 c.socket = p.socket;
                 c.ckpt_dir = p.ckpt_dir;
+            }
+        }
+    }
+    // Signals that were pending come back pending (values of queued real-time signals
+    // are not kept yet).
+    for sig in 1..=64u64 {
+        if st.shared_pending & (1 << (sig - 1)) != 0 {
+            // SAFETY: signalling our own process.
+            unsafe { sys::syscall3(libc::SYS_kill, real as u64, sig, 0) };
+        }
+    }
+    for s in threads::slots().iter() {
+        if s.state.load(Ordering::Relaxed) == threads::RESTORED && s.pending != 0 {
+            for sig in 1..=64i32 {
+                if s.pending & (1 << (sig - 1)) != 0 {
+                    sys::tgkill(real, s.real_tid.load(Ordering::Relaxed), sig);
+                }
             }
         }
     }

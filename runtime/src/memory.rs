@@ -102,6 +102,27 @@ pub fn classify(e: &MapsEntry) -> Result<Option<Classified>, String> {
         _ => {}
     }
     if e.shared {
+        // A shared mapping of a regular file holds nothing but the file's own pages: it is
+        // mapped again from the file. Shared anonymous memory, memfd and SysV segments
+        // must be shared with other processes and come with process-tree support.
+        if e.name.starts_with('/') && !e.name.ends_with(" (deleted)") {
+            use std::os::unix::fs::MetadataExt;
+            if let Ok(md) = std::fs::metadata(&e.name) {
+                if md.ino() == e.ino && md.is_file() {
+                    return mk(
+                        RegionKind::File {
+                            path: e.name.clone(),
+                            offset: e.offset,
+                            dev: md.dev(),
+                            ino: md.ino(),
+                            size: md.size(),
+                            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                        },
+                        Policy::None,
+                    );
+                }
+            }
+        }
         return Err(format!(
             "shared memory mapping {:#x}-{:#x} ({}) is not supported yet (MAP_SHARED memory comes with process-tree support)",
             e.start,
@@ -269,6 +290,27 @@ mod tests {
             RegionKind::Vdso
         ));
         assert!(classify(&m[3]).is_err());
+        // A shared read-only mapping of an existing file is re-mapped, nothing stored.
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(&exe).unwrap().ino();
+        let shared = MapsEntry {
+            start: 0x1000,
+            end: 0x2000,
+            prot: Prot {
+                read: true,
+                write: false,
+                exec: false,
+            },
+            shared: true,
+            offset: 0,
+            dev: 0,
+            ino,
+            name: exe.to_string_lossy().into_owned(),
+        };
+        let c = classify(&shared).unwrap().unwrap();
+        assert_eq!(c.policy, Policy::None);
+        assert!(c.region.shared && matches!(c.region.kind, RegionKind::File { .. }));
         assert!(matches!(
             classify(&m[0]).unwrap().unwrap().region.kind,
             RegionKind::Heap

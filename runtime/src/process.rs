@@ -197,6 +197,21 @@ pub fn requirements(vdso: Option<(u64, u64)>) -> Requirements {
     }
 }
 
+/// The pending-signal sets of a task: (SigPnd, ShdPnd) from /proc/self/task/<tid>/status.
+pub fn pending_signals(tid: i32) -> (u64, u64) {
+    let (mut own, mut shared) = (0, 0);
+    if let Ok(s) = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")) {
+        for l in s.lines() {
+            if let Some(v) = l.strip_prefix("SigPnd:") {
+                own = u64::from_str_radix(v.trim(), 16).unwrap_or(0);
+            } else if let Some(v) = l.strip_prefix("ShdPnd:") {
+                shared = u64::from_str_radix(v.trim(), 16).unwrap_or(0);
+            }
+        }
+    }
+    (own, shared)
+}
+
 /// Child processes of this process (any thread), excluding `except`.
 pub fn children(except: &[i32]) -> Vec<i32> {
     let mut out = Vec::new();

@@ -36,6 +36,8 @@ pub struct Slot {
     pub sc_pc: u64,
     /// The thread's name (comm), NUL-padded.
     pub name: [u8; 16],
+    /// Signals pending for this thread alone at the snapshot (bit n-1 = signal n).
+    pub pending: u64,
 }
 
 pub struct Slots(UnsafeCell<[Slot; MAX_THREADS]>);
@@ -70,6 +72,7 @@ const EMPTY: Slot = Slot {
     sc_nr: -1,
     sc_pc: 0,
     name: [0; 16],
+    pending: 0,
 };
 
 pub static SLOTS: Slots = Slots(UnsafeCell::new([EMPTY; MAX_THREADS]));
