@@ -266,6 +266,19 @@ fn print_image(p: &InspectedImage) {
             FdKind::Regular { path, offset, .. } => ("file", path.clone(), Some(*offset)),
             FdKind::Directory { path } => ("directory", path.clone(), None),
             FdKind::Device { path } => ("device", path.clone(), None),
+            FdKind::Pipe {
+                inode,
+                write_end,
+                buffered,
+                ..
+            } => (
+                "pipe",
+                format!(
+                    "pipe:[{inode}] {} end, {buffered} bytes buffered",
+                    if *write_end { "write" } else { "read" }
+                ),
+                None,
+            ),
         };
         let mut flags = open_flags(f.flags);
         if f.cloexec {

@@ -346,7 +346,7 @@ fn check_files(meta: &ProcessMeta, img: &Path) -> anyhow::Result<()> {
                     )
                 })?;
             }
-            FdKind::Inherited => {}
+            FdKind::Inherited | FdKind::Pipe { .. } => {}
         }
     }
     Ok(())

@@ -114,6 +114,14 @@ pub enum FdKind {
     Directory {
         path: String,
     },
+    /// One end of a pipe whose both ends are open in this process; `buffered` bytes were in
+    /// it at the snapshot (kept in the runtime's memory and put back on restore).
+    Pipe {
+        inode: u64,
+        write_end: bool,
+        capacity: u64,
+        buffered: u64,
+    },
     /// A device such as /dev/null, /dev/zero, /dev/urandom.
     Device {
         path: String,

@@ -33,6 +33,8 @@ struct ProcState {
     threads: Vec<ThreadMeta>,
     /// Process-directed signals pending at the snapshot (bit n-1 = signal n).
     shared_pending: u64,
+    /// Bytes drained from the process's own pipes.
+    pipes: Vec<crate::pipes::PipeData>,
 }
 
 static mut STATE: Option<ProcState> = None;
@@ -343,21 +345,81 @@ fn send(stream: &mut UnixStream, m: &Message) -> bool {
     proto::write_msg(stream, m).is_ok()
 }
 
+/// Where this process is in the current checkpoint, so that any failure or abort can
+/// undo exactly what was done: put drained bytes back, let threads run, drop the snapshot.
+#[derive(Default)]
+struct Cycle {
+    suspended_at: Option<u64>,
+    /// What the Drain phase captured, until the snapshot takes it.
+    captured: Option<Captured>,
+    /// Drained bytes are out of their pipes (in `captured` or in STATE).
+    drained: bool,
+    child: Option<Child>,
+}
+
+struct Captured {
+    fds: Vec<FdMeta>,
+    pipes: Vec<crate::pipes::PipeData>,
+}
+
+impl Cycle {
+    fn refill(&mut self) -> Result<(), String> {
+        if !self.drained {
+            return Ok(());
+        }
+        self.drained = false;
+        match self.captured.take() {
+            Some(c) => crate::pipes::refill(&c.fds, &c.pipes),
+            None => crate::pipes::refill(&state().fds, &state().pipes),
+        }
+    }
+
+    fn undo(&mut self) {
+        if let Err(e) = self.refill() {
+            error!("{e}");
+        }
+        if self.suspended_at.take().is_some() {
+            threads::resume_all();
+        }
+        if let Some(c) = self.child.take() {
+            c.kill();
+        }
+    }
+}
+
+/// The Drain phase: describe every fd (refusing what is not supported), check for child
+/// processes and unsupported memory, and read the bytes in flight out of pipes.
+fn capture(own_fd: RawFd) -> Result<Captured, String> {
+    let mut fds = files::dump(&[own_fd])?;
+    let kids = process::children(&[]);
+    if !kids.is_empty() {
+        let list: Vec<String> = kids
+            .iter()
+            .map(|p| format!("{p} ({})", process::comm_of(*p)))
+            .collect();
+        return Err(format!(
+            "it has child processes [{}]; checkpointing process trees is not supported yet",
+            list.join(", ")
+        ));
+    }
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .map_err(|e| format!("reading /proc/self/maps: {e}"))?;
+    for e in memory::parse_maps(&maps) {
+        memory::classify(&e)?;
+    }
+    let pipes = crate::pipes::drain(&mut fds)?;
+    Ok(Captured { fds, pipes })
+}
+
 fn serve(stream: &mut UnixStream) -> Outcome {
     let own_fd = stream.as_raw_fd();
     let sig = vids::CKPT_SIG.load(Ordering::Relaxed);
-    let mut suspended_at: Option<u64> = None;
-    let mut child: Option<Child> = None;
+    let mut cy = Cycle::default();
     loop {
         let msg = match proto::read_msg(stream) {
             Ok(m) => m,
             Err(_) => {
-                if suspended_at.take().is_some() {
-                    threads::resume_all();
-                }
-                if let Some(c) = child.take() {
-                    c.kill();
-                }
+                cy.undo();
                 return Outcome::Closed;
             }
         };
@@ -370,38 +432,44 @@ fn serve(stream: &mut UnixStream) -> Outcome {
                 let res: Result<(), String> = match phase {
                     Phase::Suspend => match threads::suspend_all(sig, 10_000) {
                         Ok(n) => {
-                            suspended_at = Some(sys::monotonic_ns());
+                            cy.suspended_at = Some(sys::monotonic_ns());
                             info!("checkpoint {generation}: {n} thread(s) parked");
                             Ok(())
                         }
                         Err(e) => Err(e),
                     },
-                    Phase::Drain | Phase::Refill => Ok(()),
-                    Phase::Snapshot => match snapshot(generation, &dir, own_fd) {
-                        Ok(Snap::Writer(c)) => {
-                            child = Some(c);
-                            Ok(())
-                        }
-                        Ok(Snap::Restored) => return Outcome::Restored(generation),
-                        Err(e) => {
-                            if suspended_at.take().is_some() {
-                                threads::resume_all();
+                    Phase::Drain => capture(own_fd).map(|c| {
+                        cy.captured = Some(c);
+                        cy.drained = true;
+                    }),
+                    Phase::Snapshot => match cy.captured.take() {
+                        None => Err("snapshot requested before the drain phase".into()),
+                        Some(c) => match snapshot(generation, &dir, c) {
+                            Ok(Snap::Writer(c)) => {
+                                cy.child = Some(c);
+                                Ok(())
                             }
-                            Err(e)
-                        }
+                            Ok(Snap::Restored) => return Outcome::Restored(generation),
+                            Err(e) => Err(e),
+                        },
                     },
+                    Phase::Refill => cy.refill(),
                     Phase::Resume => {
-                        threads::resume_all();
+                        if cy.suspended_at.is_some() {
+                            threads::resume_all();
+                        }
                         Ok(())
                     }
                 };
                 match res {
                     Ok(()) => {
                         if !send(stream, &Message::BarrierReached { generation, phase }) {
+                            cy.undo();
                             return Outcome::Closed;
                         }
                     }
                     Err(e) => {
+                        cy.undo();
                         let e = format!(
                             "process {} ({}): {e}",
                             vids::VPID.load(Ordering::Relaxed),
@@ -421,11 +489,12 @@ fn serve(stream: &mut UnixStream) -> Outcome {
                     }
                 }
                 if phase == Phase::Resume {
-                    let stopped = suspended_at
+                    let stopped = cy
+                        .suspended_at
                         .take()
                         .map(|t| (sys::monotonic_ns() - t) as f64 / 1e9)
                         .unwrap_or(0.0);
-                    if let Some(c) = child.take() {
+                    if let Some(c) = cy.child.take() {
                         let file = ckpt_image::CkptDir::image_file_name(
                             vids::VPID.load(Ordering::Relaxed),
                         );
@@ -456,12 +525,7 @@ fn serve(stream: &mut UnixStream) -> Outcome {
             }
             Message::Abort { generation, reason } => {
                 info!("checkpoint {generation} aborted: {reason}");
-                if suspended_at.take().is_some() {
-                    threads::resume_all();
-                }
-                if let Some(c) = child.take() {
-                    c.kill();
-                }
+                cy.undo();
             }
             Message::Terminate => {
                 info!("terminated by the coordinator");
@@ -492,24 +556,7 @@ enum Snap {
 /// Captures the process state (threads are parked) and forks the writer. Returns
 /// `Restored` when this context is resumed in a restored process.
 #[inline(never)]
-fn snapshot(generation: u64, dir: &str, own_fd: RawFd) -> Result<Snap, String> {
-    let fds = files::dump(&[own_fd])?;
-    let kids = process::children(&[]);
-    if !kids.is_empty() {
-        let list: Vec<String> = kids
-            .iter()
-            .map(|p| format!("{p} ({})", process::comm_of(*p)))
-            .collect();
-        return Err(format!(
-            "it has child processes [{}]; checkpointing process trees is not supported yet",
-            list.join(", ")
-        ));
-    }
-    let maps = std::fs::read_to_string("/proc/self/maps")
-        .map_err(|e| format!("reading /proc/self/maps: {e}"))?;
-    for e in memory::parse_maps(&maps) {
-        memory::classify(&e)?;
-    }
+fn snapshot(generation: u64, dir: &str, c: Captured) -> Result<Snap, String> {
     let auxv = process::read_auxv();
     let ckpt_bit = 1u64 << (vids::CKPT_SIG.load(Ordering::Relaxed) - 1);
     let mut shared_pending = 0;
@@ -535,7 +582,8 @@ fn snapshot(generation: u64, dir: &str, own_fd: RawFd) -> Result<Snap, String> {
             rlimits: process::dump_rlimits(),
             umask: process::umask(),
             cwd: process::cwd(),
-            fds,
+            fds: c.fds,
+            pipes: c.pipes,
             mm,
             auxv,
             program: main_thread_name(),
@@ -752,7 +800,7 @@ fn post_restart() -> Result<(), String> {
     if let Err(e) = std::env::set_current_dir(&st.cwd) {
         warn!("cannot return to the working directory {}: {e}", st.cwd);
     }
-    files::restore(&st.fds)?;
+    files::restore(&st.fds, &st.pipes)?;
     let n = threads::recreate_all()?;
     for s in threads::slots().iter() {
         if s.state.load(Ordering::Relaxed) == threads::RESTORED {

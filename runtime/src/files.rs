@@ -26,6 +26,7 @@ pub fn dump(skip: &[i32]) -> Result<Vec<FdMeta>, String> {
             out.push(m);
         }
     }
+    crate::pipes::check(&out)?;
     Ok(out)
 }
 
@@ -73,10 +74,17 @@ pub fn describe(fd: i32) -> Result<Option<FdMeta>, String> {
         FdKind::Directory { path: link }
     } else if fmt == libc::S_IFCHR && DEVICES.contains(&link.as_str()) {
         FdKind::Device { path: link }
+    } else if fmt == libc::S_IFIFO && link.starts_with("pipe:") {
+        // SAFETY: F_GETPIPE_SZ on a pipe fd.
+        let cap = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) }.max(0) as u64;
+        FdKind::Pipe {
+            inode: st.st_ino,
+            write_end: fl & libc::O_ACCMODE == libc::O_WRONLY,
+            capacity: cap,
+            buffered: 0,
+        }
     } else {
-        let what = if link.starts_with("pipe:") {
-            "a pipe (pipes come with process-tree support)"
-        } else if link.starts_with("socket:") {
+        let what = if link.starts_with("socket:") {
             "a socket (sockets come with process-tree support)"
         } else if link.starts_with("anon_inode:") {
             "a special file (eventfd/timerfd/epoll/signalfd/inotify are not supported yet)"
@@ -98,80 +106,104 @@ pub fn describe(fd: i32) -> Result<Option<FdMeta>, String> {
 }
 
 /// Reopens the fds after a restart. Fds 0-2 are the restarting command's (inherited).
-pub fn restore(fds: &[FdMeta]) -> Result<(), String> {
-    for f in fds {
-        let path = match &f.kind {
-            FdKind::Inherited => continue,
-            FdKind::Regular { path, .. } | FdKind::Directory { path } | FdKind::Device { path } => {
-                path
-            }
-        };
-        let keep = libc::O_ACCMODE
-            | libc::O_APPEND
-            | libc::O_NONBLOCK
-            | libc::O_SYNC
-            | libc::O_DSYNC
-            | libc::O_DIRECT
-            | libc::O_NOATIME
-            | libc::O_DIRECTORY
-            | libc::O_PATH
-            | libc::O_LARGEFILE;
-        let flags = (f.flags & keep) | libc::O_CLOEXEC;
-        let c = CString::new(path.as_str()).map_err(|_| format!("fd {}: bad path", f.fd))?;
-        // SAFETY: open with a NUL-terminated path.
-        let nfd = unsafe { libc::open(c.as_ptr(), flags) };
-        if nfd < 0 {
-            return Err(format!(
-                "fd {}: cannot reopen {}: {}",
-                f.fd,
-                path,
-                std::io::Error::last_os_error()
-            ));
-        }
-        if let FdKind::Regular { dev, ino, .. } = &f.kind {
-            // SAFETY: fstat into a zeroed buffer.
-            let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            // SAFETY: as above.
-            unsafe { libc::fstat(nfd, &mut st) };
-            if st.st_dev != *dev || st.st_ino != *ino {
-                // SAFETY: closing our own fd.
-                unsafe { libc::close(nfd) };
+/// Every new descriptor is first created above all recorded numbers, then moved into
+/// place, so that no step can clobber a descriptor restored before it.
+pub fn restore(fds: &[FdMeta], pipes: &[crate::pipes::PipeData]) -> Result<(), String> {
+    let min_fd = fds.iter().map(|f| f.fd).max().unwrap_or(2).max(9) + 1;
+    let mut temps: Vec<(i32, i32)> = crate::pipes::recreate(fds, pipes, min_fd)?;
+    let result = (|| {
+        for f in fds {
+            let path = match &f.kind {
+                FdKind::Inherited | FdKind::Pipe { .. } => continue,
+                FdKind::Regular { path, .. }
+                | FdKind::Directory { path }
+                | FdKind::Device { path } => path,
+            };
+            let nfd = open_like(f, path)?;
+            // SAFETY: moving our new fd above every recorded number.
+            let t = unsafe { libc::fcntl(nfd, libc::F_DUPFD_CLOEXEC, min_fd) };
+            // SAFETY: closing the original number.
+            unsafe { libc::close(nfd) };
+            if t < 0 {
                 return Err(format!(
-                    "fd {}: {} is not the same file as at checkpoint time (replaced?)",
-                    f.fd, path
+                    "fd {}: F_DUPFD: {}",
+                    f.fd,
+                    std::io::Error::last_os_error()
                 ));
             }
+            temps.push((f.fd, t));
         }
-        let target = if nfd == f.fd {
-            // SAFETY: clearing/setting FD_CLOEXEC on our fd.
-            unsafe {
-                libc::fcntl(
-                    nfd,
-                    libc::F_SETFD,
-                    if f.cloexec { libc::FD_CLOEXEC } else { 0 },
-                )
+        for f in fds {
+            let Some(&(_, t)) = temps.iter().find(|(fd, _)| *fd == f.fd) else {
+                continue;
             };
-            nfd
-        } else {
             // SAFETY: dup3 onto the recorded number (free: the restorer closed its own fds).
-            let r = unsafe { libc::dup3(nfd, f.fd, if f.cloexec { libc::O_CLOEXEC } else { 0 }) };
-            // SAFETY: closing the temporary fd.
-            unsafe { libc::close(nfd) };
-            if r < 0 {
+            if unsafe { libc::dup3(t, f.fd, if f.cloexec { libc::O_CLOEXEC } else { 0 }) } < 0 {
                 return Err(format!(
                     "fd {}: dup3 failed: {}",
                     f.fd,
                     std::io::Error::last_os_error()
                 ));
             }
-            f.fd
-        };
-        if let FdKind::Regular { offset, .. } = &f.kind {
-            // SAFETY: lseek on the reopened regular file.
-            unsafe { libc::lseek(target, *offset as i64, libc::SEEK_SET) };
+            match &f.kind {
+                FdKind::Regular { offset, .. } => {
+                    // SAFETY: lseek on the reopened regular file.
+                    unsafe { libc::lseek(f.fd, *offset as i64, libc::SEEK_SET) };
+                }
+                FdKind::Pipe { .. } => {
+                    // SAFETY: status flags (O_NONBLOCK) of the pipe end.
+                    unsafe { libc::fcntl(f.fd, libc::F_SETFL, f.flags & libc::O_NONBLOCK) };
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    })();
+    for (_, t) in &temps {
+        // SAFETY: closing our temporaries (the recorded numbers hold their own dups).
+        unsafe { libc::close(*t) };
+    }
+    result
+}
+
+fn open_like(f: &FdMeta, path: &str) -> Result<i32, String> {
+    let keep = libc::O_ACCMODE
+        | libc::O_APPEND
+        | libc::O_NONBLOCK
+        | libc::O_SYNC
+        | libc::O_DSYNC
+        | libc::O_DIRECT
+        | libc::O_NOATIME
+        | libc::O_DIRECTORY
+        | libc::O_PATH
+        | libc::O_LARGEFILE;
+    let flags = (f.flags & keep) | libc::O_CLOEXEC;
+    let c = CString::new(path).map_err(|_| format!("fd {}: bad path", f.fd))?;
+    // SAFETY: open with a NUL-terminated path.
+    let nfd = unsafe { libc::open(c.as_ptr(), flags) };
+    if nfd < 0 {
+        return Err(format!(
+            "fd {}: cannot reopen {}: {}",
+            f.fd,
+            path,
+            std::io::Error::last_os_error()
+        ));
+    }
+    if let FdKind::Regular { dev, ino, .. } = &f.kind {
+        // SAFETY: fstat into a zeroed buffer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        unsafe { libc::fstat(nfd, &mut st) };
+        if st.st_dev != *dev || st.st_ino != *ino {
+            // SAFETY: closing our own fd.
+            unsafe { libc::close(nfd) };
+            return Err(format!(
+                "fd {}: {} is not the same file as at checkpoint time (replaced?)",
+                f.fd, path
+            ));
         }
     }
-    Ok(())
+    Ok(nfd)
 }
 
 #[cfg(test)]
@@ -206,7 +238,7 @@ mod tests {
         }
         assert!(me.flags & libc::O_APPEND != 0);
         drop(f); // fd is closed; restore must bring it back at the same number
-        restore(std::slice::from_ref(&me)).unwrap();
+        restore(std::slice::from_ref(&me), &[]).unwrap();
         // SAFETY: querying the restored fd.
         let off = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
         assert_eq!(off, 3);

@@ -14,6 +14,7 @@ mod ctx;
 mod files;
 mod log;
 mod memory;
+mod pipes;
 mod process;
 mod sys;
 mod threads;
