@@ -113,6 +113,13 @@ Example: ckpt restart ~/ckpt/sim")]
         /// Restore this generation instead of the newest complete one.
         #[arg(long, short = 'g', value_name = "N")]
         generation: Option<u64>,
+        /// In a generation of several processes, restore the one of this rank (a task of
+        /// a job step: SLURM_PROCID).
+        #[arg(long, value_name = "R", conflicts_with = "vpid")]
+        rank: Option<i32>,
+        /// In a generation of several processes, restore the one with this (virtual) pid.
+        #[arg(long, value_name = "PID")]
+        vpid: Option<i32>,
     },
     /// Show the running job: its coordinator, processes and checkpoints.
     #[command(
@@ -246,9 +253,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Checkpoint { dir, kill, json } => {
             checkpoint(&coord::resolve_ckpt_dir(dir.ckpt_dir), kill, json)
         }
-        Cmd::Restart { dir, generation } => {
+        Cmd::Restart {
+            dir,
+            generation,
+            rank,
+            vpid,
+        } => {
             let dir = coord::resolve_ckpt_dir(dir);
-            restart::run(&dir, generation)
+            let which = match (rank, vpid) {
+                (Some(r), _) => restart::Which::Rank(r),
+                (_, Some(v)) => restart::Which::Vpid(v),
+                _ => restart::Which::Only,
+            };
+            restart::run(&dir, generation, which)
         }
         Cmd::Status { dir, json } => status(&coord::resolve_ckpt_dir(dir.ckpt_dir), json),
         Cmd::List { dir, json } => list::run(&coord::resolve_ckpt_dir(dir.ckpt_dir), json),

@@ -17,9 +17,18 @@ use std::path::Path;
 
 static RESTORER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ckpt-restore.bin"));
 
+/// Which process of a generation to restore.
+#[derive(Clone, Copy, Debug)]
+pub enum Which {
+    /// The generation must hold exactly one process.
+    Only,
+    Rank(i32),
+    Vpid(i32),
+}
+
 /// Restores generation `generation` (default: newest complete) of `dir` in this process.
 /// Returns only on error (on success the process image is replaced).
-pub fn run(dir: &Path, generation: Option<u64>) -> anyhow::Result<()> {
+pub fn run(dir: &Path, generation: Option<u64>, which: Which) -> anyhow::Result<()> {
     let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let cd = CkptDir::open(&dir)
         .with_context(|| format!("opening checkpoint directory {}", dir.display()))?;
@@ -55,14 +64,41 @@ pub fn run(dir: &Path, generation: Option<u64>) -> anyhow::Result<()> {
         .manifest
         .as_ref()
         .context("complete generation without manifest")?;
-    if manifest.processes.len() != 1 {
-        bail!(
-            "generation {} holds {} processes; restarting several processes is not supported yet",
+    let list = || {
+        manifest
+            .processes
+            .iter()
+            .map(|p| {
+                format!(
+                    "vpid {} ({}{})",
+                    p.vpid,
+                    p.program,
+                    p.rank.map(|r| format!(", rank {r}")).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let proc_ = match which {
+        Which::Only if manifest.processes.len() == 1 => &manifest.processes[0],
+        Which::Only => bail!(
+            "generation {} holds {} processes [{}]; restore one with --rank or --vpid (restarting a whole process tree is not supported yet)",
             gen.number,
-            manifest.processes.len()
-        );
-    }
-    let img_path = gen.path.join(&manifest.processes[0].file);
+            manifest.processes.len(),
+            list()
+        ),
+        Which::Rank(r) => manifest
+            .processes
+            .iter()
+            .find(|p| p.rank == Some(r))
+            .with_context(|| format!("generation {} has no process of rank {r} [{}]", gen.number, list()))?,
+        Which::Vpid(v) => manifest
+            .processes
+            .iter()
+            .find(|p| p.vpid == v)
+            .with_context(|| format!("generation {} has no process with vpid {v} [{}]", gen.number, list()))?,
+    };
+    let img_path = gen.path.join(&proc_.file);
     let reader = ImageReader::open(&img_path)?;
     let meta = reader.meta()?;
     let runs = reader.page_runs()?;

@@ -193,6 +193,7 @@ impl FakeProcess {
             program: format!("fake{vpid}"),
             restored_from: None,
             features: vec!["snapshot=test".into()],
+            rank: None,
         };
         write_msg(
             &mut s,

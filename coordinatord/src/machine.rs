@@ -806,6 +806,7 @@ mod tests {
             program: format!("prog{vpid}"),
             restored_from: None,
             features: vec![],
+            rank: None,
         }
     }
 

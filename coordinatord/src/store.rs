@@ -93,6 +93,7 @@ impl GenerationStore for DirStore {
                 host: i.info.host.clone(),
                 file: i.written.file.clone(),
                 bytes: i.written.bytes,
+                rank: i.info.rank,
             })
             .collect();
         let m = Manifest::new(

@@ -45,6 +45,9 @@ pub struct ManifestProcess {
     pub file: String,
     /// Size of the image file.
     pub bytes: u64,
+    /// The task's rank in its job step, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<i32>,
 }
 
 /// Optional description of the batch job the processes belong to.

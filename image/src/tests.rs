@@ -885,6 +885,7 @@ fn write_gen(dir: &CkptDir, n: u64, vpids: &[i32]) -> Manifest {
             host: "node1".into(),
             file,
             bytes,
+            rank: None,
         });
     }
     let m = Manifest::new(
@@ -915,6 +916,7 @@ fn manifest_json_shape() {
             host: "h".into(),
             file: "proc-1.img".into(),
             bytes: 10,
+            rank: None,
         }],
         None,
     );

@@ -58,6 +58,10 @@ pub struct ProcessInfo {
     pub restored_from: Option<u64>,
     /// Which optional kernel paths the runtime uses (e.g. "snapshot=fork", "pagemap=yes").
     pub features: Vec<String>,
+    /// The task's rank in its job step (SLURM_PROCID, PMI rank, ...), when known: a restart
+    /// matches a new task to its image by rank.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,33 +117,60 @@ pub struct ImageWritten {
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum Message {
     // ---- handshake
-    Hello { protocol_version: u32, role: Role },
-    Welcome { protocol_version: u32, coordinator_version: String },
-    Refused { reason: String },
+    Hello {
+        protocol_version: u32,
+        role: Role,
+    },
+    Welcome {
+        protocol_version: u32,
+        coordinator_version: String,
+    },
+    Refused {
+        reason: String,
+    },
 
     // ---- coordinator -> process
     /// Run `phase` of checkpoint `generation`; `dir` is the generation directory to write
     /// the image into (only meaningful for [`Phase::Snapshot`]).
-    Barrier { generation: u64, phase: Phase, dir: String },
+    Barrier {
+        generation: u64,
+        phase: Phase,
+        dir: String,
+    },
     /// Abandon checkpoint `generation` (another process failed); resume if suspended.
-    Abort { generation: u64, reason: String },
+    Abort {
+        generation: u64,
+        reason: String,
+    },
     /// End the process (after `ckpt checkpoint --kill`).
     Terminate,
 
     // ---- process -> coordinator
-    BarrierReached { generation: u64, phase: Phase },
+    BarrierReached {
+        generation: u64,
+        phase: Phase,
+    },
     Written(ImageWritten),
-    Failed { generation: u64, error: String },
+    Failed {
+        generation: u64,
+        error: String,
+    },
 
     // ---- control -> coordinator
-    Checkpoint { kill: bool },
+    Checkpoint {
+        kill: bool,
+    },
     GetStatus,
     /// Stop the coordinator (and, if `kill`, every process of the job).
-    Shutdown { kill: bool },
+    Shutdown {
+        kill: bool,
+    },
 
     // ---- coordinator -> control
     CheckpointDone(CheckpointSummary),
-    CheckpointFailed { error: String },
+    CheckpointFailed {
+        error: String,
+    },
     Status(Status),
     Ok,
 }
@@ -200,7 +231,11 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let m = Message::Barrier { generation: 3, phase: Phase::Snapshot, dir: "/x/gen-3".into() };
+        let m = Message::Barrier {
+            generation: 3,
+            phase: Phase::Snapshot,
+            dir: "/x/gen-3".into(),
+        };
         let bytes = encode(&m);
         let back = read_msg(&mut &bytes[..]).unwrap();
         assert_eq!(m, back);
@@ -210,14 +245,23 @@ mod tests {
     fn oversized_frame_refused() {
         let mut bytes = (MAX_FRAME + 1).to_le_bytes().to_vec();
         bytes.extend_from_slice(b"{}");
-        assert!(matches!(read_msg(&mut &bytes[..]), Err(FrameError::TooLarge(_))));
+        assert!(matches!(
+            read_msg(&mut &bytes[..]),
+            Err(FrameError::TooLarge(_))
+        ));
     }
 
     #[test]
     fn garbage_refused() {
         let mut bytes = 3u32.to_le_bytes().to_vec();
         bytes.extend_from_slice(b"abc");
-        assert!(matches!(read_msg(&mut &bytes[..]), Err(FrameError::Malformed(_))));
-        assert!(matches!(read_msg(&mut &[1u8, 0][..]), Err(FrameError::Closed)));
+        assert!(matches!(
+            read_msg(&mut &bytes[..]),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            read_msg(&mut &[1u8, 0][..]),
+            Err(FrameError::Closed)
+        ));
     }
 }

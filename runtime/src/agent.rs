@@ -298,6 +298,7 @@ fn connect(socket: &str, restored_from: Option<u64>) -> Result<UnixStream, Strin
             program: process::comm_of(vids::REAL_PID.load(Ordering::Relaxed)),
             restored_from,
             features: features(),
+            rank: config().rank,
         }),
     };
     proto::write_msg(&mut s, &hello).map_err(|e| e.to_string())?;

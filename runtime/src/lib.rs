@@ -36,6 +36,8 @@ pub struct Config {
     pub socket: String,
     pub ckpt_dir: String,
     pub argv: Vec<String>,
+    /// The task's rank in its job step (from the launcher's environment), if any.
+    pub rank: Option<i32>,
 }
 
 pub static mut CONFIG: Option<Config> = None;
@@ -64,6 +66,9 @@ extern "C" fn ctor(argc: i32, argv: *const *const c_char, envp: *const *const c_
     let mut socket = None;
     let mut dir = String::new();
     let mut sig = 62;
+    let mut rank = None;
+    let mut restart = false;
+    let mut ckpt_bin = None;
     let mut i = 0;
     while !envp.is_null() {
         // SAFETY: envp is the NUL-terminated array the loader passes to constructors.
@@ -81,6 +86,20 @@ extern "C" fn ctor(argc: i32, argv: *const *const c_char, envp: *const *const c_
             log::set_level(v);
         } else if let Some(v) = s.strip_prefix("CKPT_SIGNAL=") {
             sig = v.parse().unwrap_or(62);
+        } else if let Some(v) = s.strip_prefix("CKPT_RESTART=") {
+            restart = !v.is_empty() && v != "0";
+        } else if let Some(v) = s.strip_prefix("CKPT_BIN=") {
+            ckpt_bin = Some(v.to_string());
+        } else if let Some(r) = [
+            "SLURM_PROCID=",
+            "PMIX_RANK=",
+            "PMI_RANK=",
+            "OMPI_COMM_WORLD_RANK=",
+        ]
+        .iter()
+        .find_map(|k| s.strip_prefix(k))
+        {
+            rank = rank.or(r.parse().ok());
         }
         i += 1;
     }
@@ -105,12 +124,18 @@ extern "C" fn ctor(argc: i32, argv: *const *const c_char, envp: *const *const c_
         // SAFETY: as above.
         args.push(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned());
     }
+    if restart {
+        // A task started to be restored (e.g. by the Slurm plugin on a requeued job): become
+        // the restored process before `main` runs, keeping this pid.
+        restart_in_place(ckpt_bin.as_deref(), &dir, rank);
+    }
     // SAFETY: single-threaded at constructor time.
     unsafe {
         CONFIG = Some(Config {
             socket,
             ckpt_dir: dir,
             argv: args,
+            rank,
         })
     };
     if !(1..=64).contains(&sig) || sig == libc::SIGKILL || sig == libc::SIGSTOP {
@@ -118,4 +143,22 @@ extern "C" fn ctor(argc: i32, argv: *const *const c_char, envp: *const *const c_
     }
     vids::CKPT_SIG.store(sig, Ordering::Relaxed);
     agent::start();
+}
+
+/// Execs `ckpt restart DIR [--rank R]` in place of the program (never returns).
+fn restart_in_place(bin: Option<&str>, dir: &str, rank: Option<i32>) -> ! {
+    use std::os::unix::process::CommandExt;
+    let bin = bin.unwrap_or("ckpt");
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("restart").arg(dir);
+    if let Some(r) = rank {
+        cmd.arg("--rank").arg(r.to_string());
+    }
+    cmd.env_remove("CKPT_RESTART").env_remove("LD_PRELOAD");
+    let e = cmd.exec();
+    log::emit(
+        1,
+        &format!("cannot restore from {dir}: executing {bin}: {e}"),
+    );
+    sys::exit_group(127)
 }
