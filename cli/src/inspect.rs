@@ -40,6 +40,9 @@ pub fn image(path: &Path) -> anyhow::Result<InspectedImage> {
     let runs = r
         .page_runs()
         .with_context(|| format!("reading the page map of {}", path.display()))?;
+    // Describing an image that would not restore would be misleading: check its data too.
+    r.verify_pages()
+        .with_context(|| format!("checking the page data of {}", path.display()))?;
     Ok(InspectedImage {
         file: path.to_string_lossy().into_owned(),
         bytes: r.file_len(),
@@ -89,11 +92,15 @@ pub fn collect(target: &Path, generation: Option<u64>) -> anyhow::Result<Inspect
                 Some(n) => n,
                 None => match cd.newest_complete()? {
                     Some(g) => g.number,
-                    None => bail!(
-                        "{} holds no complete generation (see `ckpt list --ckpt-dir {}`)",
-                        target.display(),
-                        target.display()
-                    ),
+                    None => {
+                        let mut msg = format!("{} holds no complete generation", target.display());
+                        for g in cd.generations()? {
+                            if let Some(p) = g.problem() {
+                                msg.push_str(&format!("\n  generation {}: {p}", g.number));
+                            }
+                        }
+                        bail!(msg)
+                    }
                 },
             };
             (cd, n)
@@ -266,6 +273,81 @@ fn print_image(p: &InspectedImage) {
             FdKind::Regular { path, offset, .. } => ("file", path.clone(), Some(*offset)),
             FdKind::Directory { path } => ("directory", path.clone(), None),
             FdKind::Device { path } => ("device", path.clone(), None),
+            FdKind::Dup { of } => ("dup", format!("same open file as fd {of}"), None),
+            FdKind::EventFd { count, semaphore } => (
+                "eventfd",
+                format!(
+                    "count {count}{}",
+                    if *semaphore { ", semaphore" } else { "" }
+                ),
+                None,
+            ),
+            FdKind::TimerFd {
+                clockid,
+                settime_flags,
+                value_ns,
+                interval_ns,
+                ticks,
+            } => (
+                "timerfd",
+                format!(
+                    "{} {}: next in {:.3} s, interval {:.3} s, {ticks} unread expirations",
+                    match clockid {
+                        0 => "CLOCK_REALTIME",
+                        1 => "CLOCK_MONOTONIC",
+                        7 => "CLOCK_BOOTTIME",
+                        8 => "CLOCK_REALTIME_ALARM",
+                        9 => "CLOCK_BOOTTIME_ALARM",
+                        _ => "clock ?",
+                    },
+                    if settime_flags & 1 != 0 {
+                        "absolute"
+                    } else {
+                        "relative"
+                    },
+                    *value_ns as f64 / 1e9,
+                    *interval_ns as f64 / 1e9
+                ),
+                None,
+            ),
+            FdKind::SignalFd { mask } => ("signalfd", format!("mask {mask:#x}"), None),
+            FdKind::Epoll { targets } => (
+                "epoll",
+                targets
+                    .iter()
+                    .map(|t| format!("fd {} events {:#x} data {:#x}", t.fd, t.events, t.data))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                None,
+            ),
+            FdKind::Inotify { watches } => (
+                "inotify",
+                watches
+                    .iter()
+                    .map(|w| format!("wd {} {} mask {:#x}", w.wd, w.path, w.mask))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                None,
+            ),
+            FdKind::Memfd {
+                name,
+                size,
+                seals,
+                offset,
+                ..
+            } => (
+                "memfd",
+                format!("memfd:{name}, {size} bytes saved, seals {seals:#x}"),
+                Some(*offset),
+            ),
+            FdKind::Deleted {
+                path, size, offset, ..
+            } => (
+                "deleted",
+                format!("{path} (deleted), {size} bytes saved"),
+                Some(*offset),
+            ),
+            FdKind::Path { path } => ("o_path", path.clone(), None),
             FdKind::Pipe {
                 inode,
                 write_end,
