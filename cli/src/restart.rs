@@ -81,37 +81,78 @@ pub fn run(dir: &Path, generation: Option<u64>, which: Which) -> anyhow::Result<
     };
     let proc_ = match which {
         Which::Only if manifest.processes.len() == 1 => &manifest.processes[0],
-        Which::Only => bail!(
-            "generation {} holds {} processes [{}]; restore one with --rank or --vpid (restarting a whole process tree is not supported yet)",
-            gen.number,
-            manifest.processes.len(),
-            list()
-        ),
+        Which::Only => return restore_tree(&dir, &gen, manifest),
         Which::Rank(r) => manifest
             .processes
             .iter()
             .find(|p| p.rank == Some(r))
-            .with_context(|| format!("generation {} has no process of rank {r} [{}]", gen.number, list()))?,
+            .with_context(|| {
+                format!(
+                    "generation {} has no process of rank {r} [{}]",
+                    gen.number,
+                    list()
+                )
+            })?,
         Which::Vpid(v) => manifest
             .processes
             .iter()
             .find(|p| p.vpid == v)
-            .with_context(|| format!("generation {} has no process with vpid {v} [{}]", gen.number, list()))?,
+            .with_context(|| {
+                format!(
+                    "generation {} has no process with vpid {v} [{}]",
+                    gen.number,
+                    list()
+                )
+            })?,
     };
     let img_path = gen.path.join(&proc_.file);
-    let reader = ImageReader::open(&img_path)?;
-    let meta = reader.meta()?;
-    let runs = reader.page_runs()?;
-    reader.verify_pages()?;
-    check_machine(&meta, &img_path)?;
-    check_files(&meta, &img_path)?;
-
+    let img = Loaded::open(&img_path)?;
     let socket = crate::coord::ensure_coordinator(&dir, None, 3)?;
+    let info = serde_json::json!({
+        "socket": socket.to_string_lossy(),
+        "ckpt_dir": dir.to_string_lossy(),
+        "generation": gen.number,
+    });
+    let prepared = prepare(&img, &info)?;
+    exec_restorer(prepared.plan_fd)
+}
 
+/// One validated image, ready to be planned.
+struct Loaded {
+    path: std::path::PathBuf,
+    meta: ProcessMeta,
+    runs: Vec<PageRun>,
+}
+
+impl Loaded {
+    /// Opens, fully verifies and checks one image against this machine.
+    fn open(path: &Path) -> anyhow::Result<Loaded> {
+        let reader = ImageReader::open(path)?;
+        let meta = reader.meta()?;
+        let runs = reader.page_runs()?;
+        reader.verify_pages()?;
+        check_machine(&meta, path)?;
+        check_files(&meta, path)?;
+        Ok(Loaded {
+            path: path.to_path_buf(),
+            meta,
+            runs,
+        })
+    }
+}
+
+/// The descriptors of one process's restore: its plan (the restorer's argument), and every
+/// descriptor that belongs to it alone (closed in the other processes of a tree).
+struct Prepared {
+    plan_fd: RawFd,
+    own_fds: Vec<RawFd>,
+}
+
+fn prepare(img: &Loaded, info: &serde_json::Value) -> anyhow::Result<Prepared> {
+    let (meta, img_path) = (&img.meta, &img.path);
     // Descriptors handed to the restorer, placed high so that none is 0-2.
     let image_fd = high(
-        std::fs::File::open(&img_path)
-            .with_context(|| format!("opening {}", img_path.display()))?,
+        std::fs::File::open(img_path).with_context(|| format!("opening {}", img_path.display()))?,
     )?;
     let mut close = vec![image_fd];
     let mut file_fds: Vec<(String, RawFd)> = Vec::new();
@@ -142,14 +183,9 @@ pub fn run(dir: &Path, generation: Option<u64>, which: Which) -> anyhow::Result<
             MAX_CLOSE_FDS - 2
         );
     }
-    let info = serde_json::json!({
-        "socket": socket.to_string_lossy(),
-        "ckpt_dir": dir.to_string_lossy(),
-        "generation": gen.number,
-    });
     let info_fd = memfd("ckpt-restart-info", false, info.to_string().as_bytes())?;
     let (header, ops) = build_plan(
-        &meta, &runs, image_fd, info_fd, &file_fds, &close, &img_path,
+        meta, &img.runs, image_fd, info_fd, &file_fds, &close, img_path,
     )?;
     let mut plan_bytes = Vec::new();
     // SAFETY: PlanHeader and Op are repr(C) plain data.
@@ -160,6 +196,14 @@ pub fn run(dir: &Path, generation: Option<u64>, which: Which) -> anyhow::Result<
         }
     }
     let plan_fd = memfd("ckpt-restore-plan", false, &plan_bytes)?;
+    let mut own_fds = close;
+    own_fds.push(info_fd);
+    own_fds.push(plan_fd);
+    Ok(Prepared { plan_fd, own_fds })
+}
+
+/// Replaces this process with the restorer running `plan_fd` (returns only on error).
+fn exec_restorer(plan_fd: RawFd) -> anyhow::Result<()> {
     let exe_fd = memfd("ckpt-restore", true, RESTORER)?;
     let argv0 = CString::new("ckpt-restore").unwrap();
     let argv1 = CString::new(plan_fd.to_string()).unwrap();
@@ -180,6 +224,205 @@ pub fn run(dir: &Path, generation: Option<u64>, which: Which) -> anyhow::Result<
         "cannot execute the restorer: {}",
         std::io::Error::last_os_error()
     )
+}
+
+/// Layout of the shared restart area (a memfd every process of a tree maps): a header,
+/// then one (vpid, real pid) pair per process. The runtime reads it after a restore.
+const AREA_MAGIC: u32 = 0x434b_5052; // "RPKC"
+const AREA_HEADER: usize = 16; // magic u32, n u32, arrived u32 (futex), pad u32
+
+/// Restores every process of a generation as one process tree: this process becomes the
+/// root; the others are forked from their restored parents' places before each execs its
+/// restorer. Pipes between processes are created here, before forking, and inherited.
+fn restore_tree(
+    dir: &Path,
+    gen: &ckpt_image::GenerationInfo,
+    manifest: &ckpt_image::Manifest,
+) -> anyhow::Result<()> {
+    let mut imgs = Vec::new();
+    for p in &manifest.processes {
+        imgs.push(Loaded::open(&gen.path.join(&p.file))?);
+    }
+    let vpids: Vec<i32> = imgs.iter().map(|l| l.meta.vpid).collect();
+    let roots: Vec<usize> = (0..imgs.len())
+        .filter(|&i| !vpids.contains(&imgs[i].meta.vppid))
+        .collect();
+    if roots.len() != 1 {
+        let names: Vec<String> = roots
+            .iter()
+            .map(|&i| format!("vpid {} ({})", imgs[i].meta.vpid, imgs[i].meta.program))
+            .collect();
+        bail!(
+            "generation {} holds {} separate process trees [{}]; restore them one by one with --vpid (a process whose parent exited is its own tree)",
+            gen.number,
+            roots.len(),
+            names.join(", ")
+        );
+    }
+    let root = roots[0];
+    if imgs.iter().any(|l| l.meta.host != imgs[root].meta.host) {
+        bail!(
+            "generation {} spans several hosts; multi-host restart is not supported yet",
+            gen.number
+        );
+    }
+
+    // Pipes with ends in several processes: one new pipe each, inherited by every process.
+    let mut shared: Vec<(u64, RawFd, RawFd)> = Vec::new();
+    for l in &imgs {
+        for f in &l.meta.files {
+            if let FdKind::Pipe { inode, .. } = f.kind {
+                let holders =
+                    imgs.iter()
+                        .filter(|o| {
+                            o.meta.files.iter().any(
+                                |g| matches!(g.kind, FdKind::Pipe { inode: i, .. } if i == inode),
+                            )
+                        })
+                        .count();
+                if holders > 1 && !shared.iter().any(|(i, _, _)| *i == inode) {
+                    let mut p = [0i32; 2];
+                    // SAFETY: pipe2 into a local array (no O_CLOEXEC: inherited across exec).
+                    if unsafe { libc::pipe2(p.as_mut_ptr(), 0) } != 0 {
+                        bail!("pipe2: {}", std::io::Error::last_os_error());
+                    }
+                    // SAFETY: wrapping our new fds to move them high.
+                    let (r, w) = unsafe {
+                        (
+                            high(std::fs::File::from_raw_fd(p[0]))?,
+                            high(std::fs::File::from_raw_fd(p[1]))?,
+                        )
+                    };
+                    shared.push((inode, r, w));
+                }
+            }
+        }
+    }
+    // The shared area: pid map and the restart barrier.
+    let n = imgs.len();
+    let area_len = AREA_HEADER + n * 8;
+    let mut init = vec![0u8; area_len];
+    init[0..4].copy_from_slice(&AREA_MAGIC.to_le_bytes());
+    init[4..8].copy_from_slice(&(n as u32).to_le_bytes());
+    let area_fd = memfd("ckpt-restart-area", false, &init)?;
+    // SAFETY: mapping our memfd shared; inherited by every forked process.
+    let area = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            area_len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            area_fd,
+            0,
+        )
+    };
+    if area == libc::MAP_FAILED {
+        bail!(
+            "mmap of the restart area: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let socket = crate::coord::ensure_coordinator(dir, None, 3)?;
+    let pipes_json: Vec<serde_json::Value> = shared
+        .iter()
+        .map(|(i, r, w)| serde_json::json!({"inode": i, "read_fd": r, "write_fd": w}))
+        .collect();
+    let mut prepared = Vec::new();
+    for (k, l) in imgs.iter().enumerate() {
+        let info = serde_json::json!({
+            "socket": socket.to_string_lossy(),
+            "ckpt_dir": dir.to_string_lossy(),
+            "generation": gen.number,
+            "area_fd": area_fd,
+            "area_index": k,
+            "pipes": pipes_json,
+        });
+        prepared.push(prepare(l, &info)?);
+    }
+    // Fork the tree: each process forks its children (in the order they were born, vpid
+    // order), then becomes its own restored self.
+    let mut me = root;
+    let mut queue: Vec<usize> = Vec::new();
+    loop {
+        record_in_area(area, me, imgs[me].meta.vpid);
+        set_group(&imgs, me, area, n);
+        let mut kids: Vec<usize> = (0..n)
+            .filter(|&i| imgs[i].meta.vppid == imgs[me].meta.vpid && i != me)
+            .collect();
+        kids.sort_by_key(|&i| imgs[i].meta.vpid);
+        queue.clear();
+        let mut became_child = None;
+        for c in kids {
+            // SAFETY: this process is single-threaded; the child only runs this function's
+            // plain code and then execs.
+            let pid = unsafe { libc::fork() };
+            if pid < 0 {
+                bail!("fork: {}", std::io::Error::last_os_error());
+            }
+            if pid == 0 {
+                became_child = Some(c);
+                break;
+            }
+        }
+        match became_child {
+            Some(c) => me = c,
+            None => break,
+        }
+    }
+    // Keep only what belongs to this process (and the shared pipes and area).
+    for (k, p) in prepared.iter().enumerate() {
+        if k != me {
+            for fd in &p.own_fds {
+                // SAFETY: closing another process's descriptors in this one.
+                unsafe { libc::close(*fd) };
+            }
+        }
+    }
+    exec_restorer(prepared[me].plan_fd)
+}
+
+fn record_in_area(area: *mut libc::c_void, index: usize, vpid: i32) {
+    // SAFETY: the area holds n pairs after the header; index < n.
+    unsafe {
+        let p = (area as *mut u8).add(AREA_HEADER + index * 8) as *mut i32;
+        p.write_volatile(vpid);
+        p.add(1).write_volatile(libc::getpid());
+    }
+}
+
+fn real_in_area(area: *mut libc::c_void, n: usize, vpid: i32) -> Option<i32> {
+    for i in 0..n {
+        // SAFETY: reading pairs written by processes forked before us.
+        let (v, r) = unsafe {
+            let p = (area as *mut u8).add(AREA_HEADER + i * 8) as *const i32;
+            (p.read_volatile(), p.add(1).read_volatile())
+        };
+        if v == vpid && r != 0 {
+            return Some(r);
+        }
+    }
+    None
+}
+
+/// Sessions and process groups as they were (for processes other than the root, which
+/// stays in the group of the shell that runs `ckpt restart`).
+fn set_group(imgs: &[Loaded], me: usize, area: *mut libc::c_void, n: usize) {
+    let m = &imgs[me].meta;
+    let is_root = !imgs.iter().any(|o| o.meta.vpid == m.vppid);
+    if is_root {
+        return;
+    }
+    if m.sid == m.vpid {
+        // SAFETY: setsid in a freshly forked child (never a group leader yet).
+        unsafe { libc::setsid() };
+    }
+    if m.pgid == m.vpid {
+        // SAFETY: becoming a group leader.
+        unsafe { libc::setpgid(0, 0) };
+    } else if let Some(r) = real_in_area(area, n, m.pgid) {
+        // SAFETY: joining the group of a process restored before us.
+        unsafe { libc::setpgid(0, r) };
+    }
 }
 
 fn high(f: std::fs::File) -> anyhow::Result<RawFd> {
@@ -382,7 +625,38 @@ fn check_files(meta: &ProcessMeta, img: &Path) -> anyhow::Result<()> {
                     )
                 })?;
             }
-            FdKind::Inherited | FdKind::Pipe { .. } => {}
+            FdKind::Path { path } => {
+                std::fs::symlink_metadata(path).with_context(|| {
+                    format!(
+                        "{}: fd {} (O_PATH) refers to {path}, which is gone",
+                        img.display(),
+                        f.fd
+                    )
+                })?;
+            }
+            FdKind::Inotify { watches } => {
+                for w in watches {
+                    std::fs::metadata(&w.path).with_context(|| {
+                        format!(
+                            "{}: fd {} (inotify) watches {} (wd {}), which is gone",
+                            img.display(),
+                            f.fd,
+                            w.path,
+                            w.wd
+                        )
+                    })?;
+                }
+            }
+            // Recreated from what the image holds.
+            FdKind::Inherited
+            | FdKind::Pipe { .. }
+            | FdKind::Dup { .. }
+            | FdKind::EventFd { .. }
+            | FdKind::TimerFd { .. }
+            | FdKind::SignalFd { .. }
+            | FdKind::Epoll { .. }
+            | FdKind::Memfd { .. }
+            | FdKind::Deleted { .. } => {}
         }
     }
     Ok(())

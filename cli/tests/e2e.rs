@@ -250,6 +250,8 @@ fn meta(vpid: i32, generation: u64) -> ProcessMeta {
         vpid,
         real_pid: 50_000 + vpid,
         vppid: 1,
+        pgid: 0,
+        sid: 0,
         program: format!("fake{vpid}"),
         exe: "/usr/bin/fake".into(),
         argv: vec![format!("fake{vpid}"), "--flag".into(), "two words".into()],

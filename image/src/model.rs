@@ -15,6 +15,11 @@ pub struct ProcessMeta {
     /// The real pid at checkpoint time.
     pub real_pid: i32,
     pub vppid: i32,
+    /// Process group and session (virtual ids), to rebuild a process tree.
+    #[serde(default)]
+    pub pgid: i32,
+    #[serde(default)]
+    pub sid: i32,
     pub program: String,
     pub exe: String,
     pub argv: Vec<String>,
@@ -126,6 +131,82 @@ pub enum FdKind {
     Device {
         path: String,
     },
+    /// Shares its open file description (offset, status flags) with the lower fd `of`
+    /// (made by dup/dup2/fcntl(F_DUPFD)); restored with dup3 of that fd.
+    Dup {
+        of: i32,
+    },
+    /// An eventfd: its counter and EFD_SEMAPHORE mode.
+    #[serde(rename = "eventfd")]
+    EventFd {
+        count: u64,
+        semaphore: bool,
+    },
+    /// A timerfd: clock, settime flags (TFD_TIMER_ABSTIME, TFD_TIMER_CANCEL_ON_SET), the
+    /// time left until the next expiration and the interval (0: disarmed / one-shot), and
+    /// expirations not read yet.
+    #[serde(rename = "timerfd")]
+    TimerFd {
+        clockid: i32,
+        settime_flags: i32,
+        value_ns: u64,
+        interval_ns: u64,
+        ticks: u64,
+    },
+    /// A signalfd and the signals it accepts (bit n-1 = signal n).
+    #[serde(rename = "signalfd")]
+    SignalFd {
+        mask: u64,
+    },
+    /// An epoll instance and every fd registered in it.
+    Epoll {
+        targets: Vec<EpollTarget>,
+    },
+    /// An inotify instance and its watches.
+    Inotify {
+        watches: Vec<InotifyWatch>,
+    },
+    /// A memfd: its contents (kept in the runtime's memory, hence in the image), seals and
+    /// offset. `inode` groups fds opened separately on the same memfd.
+    Memfd {
+        name: String,
+        inode: u64,
+        size: u64,
+        seals: i32,
+        offset: u64,
+    },
+    /// A regular file deleted while open: its contents are kept like a memfd's and it is
+    /// recreated as an unlinked file in the same directory (or a memfd).
+    Deleted {
+        path: String,
+        inode: u64,
+        size: u64,
+        offset: u64,
+    },
+    /// An fd opened with O_PATH (a location, no I/O): reopened with O_PATH.
+    Path {
+        path: String,
+    },
+}
+
+/// One registration in an epoll instance (from /proc/self/fdinfo `tfd:` lines).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollTarget {
+    pub fd: i32,
+    /// EPOLLIN/OUT/..., EPOLLET, EPOLLONESHOT (a fired one-shot keeps only the flag bits).
+    pub events: u32,
+    pub data: u64,
+}
+
+/// One inotify watch (from /proc/self/fdinfo `inotify wd:` lines).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InotifyWatch {
+    pub wd: i32,
+    pub mask: u32,
+    pub ino: u64,
+    pub dev: u64,
+    /// Where the watched inode was found at checkpoint time (re-added by this path).
+    pub path: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -65,6 +65,8 @@ fn sample_meta() -> ProcessMeta {
         vpid: 42,
         real_pid: 31337,
         vppid: 1,
+        pgid: 0,
+        sid: 0,
         program: "a.out".into(),
         exe: "/usr/bin/a.out".into(),
         argv: vec!["a.out".into(), "--x".into()],

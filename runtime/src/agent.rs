@@ -5,7 +5,7 @@
 use crate::ctx::{__ckpt_save_context, Ctx};
 use crate::memory::{self, Classified};
 use crate::process::{self, KSigaction, NSIG};
-use crate::{config, files, sys, threads, vids, CKPT_TID};
+use crate::{config, files, sys, threads, tree, vids, CKPT_TID};
 use crate::{error, info, warn};
 use ckpt_image::{
     Entry, FdMeta, MmFields, ProcAttrs, ProcessMeta, RegionKind, ThreadMeta, META_VERSION,
@@ -107,12 +107,41 @@ pub fn start() {
             threads::RSEQ_ENABLED.store(1, Ordering::Relaxed);
         }
     }
-    MAIN_FS.store(sys::get_fs_base(), Ordering::Relaxed);
-    MAIN_TID.store(sys::gettid(), Ordering::Relaxed);
     PAGEMAP_OK.store(
         std::fs::File::open("/proc/self/pagemap").is_ok(),
         Ordering::Relaxed,
     );
+    spawn_agent();
+}
+
+/// The file descriptor of the coordinator connection (-1 when not connected).
+static COORD_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Runs in the child of a `fork()` of the program, on the forking thread: the child is a
+/// new process of the job with its own checkpoint thread and coordinator connection.
+pub fn after_fork_child(parent_vpid: i32) {
+    let fd = COORD_FD.swap(-1, Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: the parent's connection; the child must not keep it open.
+        unsafe { libc::close(fd) };
+    }
+    let pid = sys::getpid_real();
+    vids::VPID.store(pid, Ordering::Relaxed);
+    vids::REAL_PID.store(pid, Ordering::Relaxed);
+    vids::VPPID.store(parent_vpid, Ordering::Relaxed);
+    threads::forget_all();
+    // SAFETY: only this thread runs in the child; the config is updated before the agent.
+    unsafe {
+        if let Some(c) = (*std::ptr::addr_of_mut!(crate::CONFIG)).as_mut() {
+            c.rank = None;
+        }
+    }
+    spawn_agent();
+}
+
+fn spawn_agent() {
+    MAIN_FS.store(sys::get_fs_base(), Ordering::Relaxed);
+    MAIN_TID.store(sys::gettid(), Ordering::Relaxed);
 
     // The new thread inherits our mask: block everything around the spawn so that no
     // signal meant for the program can ever be delivered to the checkpoint thread.
@@ -187,12 +216,17 @@ fn record_own_thread() {
 fn agent_main() {
     block_all_signals();
     record_own_thread();
-    let off = threads::discover_tid_offset(
-        MAIN_FS.load(Ordering::Relaxed),
-        MAIN_TID.load(Ordering::Relaxed),
-        CKPT_FS.load(Ordering::Relaxed),
-        sys::gettid(),
-    );
+    let known = threads::TID_OFFSET.load(Ordering::Relaxed);
+    let off = if known != 0 {
+        known
+    } else {
+        threads::discover_tid_offset(
+            MAIN_FS.load(Ordering::Relaxed),
+            MAIN_TID.load(Ordering::Relaxed),
+            CKPT_FS.load(Ordering::Relaxed),
+            sys::gettid(),
+        )
+    };
     threads::TID_OFFSET.store(off, Ordering::Relaxed);
     if off == 0 {
         warn!("could not locate glibc's thread id field; restored threads cannot be joined");
@@ -287,6 +321,7 @@ fn high_fd(fd: RawFd) -> RawFd {
 fn connect(socket: &str, restored_from: Option<u64>) -> Result<UnixStream, String> {
     let s = UnixStream::connect(socket).map_err(|e| e.to_string())?;
     let fd = high_fd(s.into_raw_fd_compat());
+    COORD_FD.store(fd, Ordering::Relaxed);
     // SAFETY: fd is a connected socket we own.
     let mut s = unsafe { UnixStream::from_raw_fd(fd) };
     let hello = Message::Hello {
@@ -365,20 +400,25 @@ struct Captured {
 
 impl Cycle {
     fn refill(&mut self) -> Result<(), String> {
+        crate::memfd::clear(); // issue 3: saved memfd/deleted-file contents are in the snapshot now
+        crate::signals::put_back(); // issue 3: signals taken at Drain go back (once)
         if !self.drained {
             return Ok(());
         }
         self.drained = false;
-        match self.captured.take() {
+        let r = match self.captured.take() {
             Some(c) => crate::pipes::refill(&c.fds, &c.pipes),
             None => crate::pipes::refill(&state().fds, &state().pipes),
-        }
+        };
+        tree::release_pipes();
+        r
     }
 
     fn undo(&mut self) {
         if let Err(e) = self.refill() {
             error!("{e}");
         }
+        tree::release_pipes();
         if self.suspended_at.take().is_some() {
             threads::resume_all();
         }
@@ -392,16 +432,16 @@ impl Cycle {
 /// processes and unsupported memory, and read the bytes in flight out of pipes.
 fn capture(own_fd: RawFd) -> Result<Captured, String> {
     let mut fds = files::dump(&[own_fd])?;
-    let kids = process::children(&[]);
-    if !kids.is_empty() {
-        let list: Vec<String> = kids
-            .iter()
-            .map(|p| format!("{p} ({})", process::comm_of(*p)))
-            .collect();
-        return Err(format!(
-            "it has child processes [{}]; checkpointing process trees is not supported yet",
-            list.join(", ")
-        ));
+    // Every child must be a process of the job (running the runtime, so it takes part in
+    // this checkpoint); a child that is not (a static binary, LD_PRELOAD removed) cannot be
+    // restored.
+    for p in process::children(&[]) {
+        if !process::runs_runtime(p) {
+            return Err(format!(
+                "child process {p} ({}) is not under checkpoint control (a static binary, or LD_PRELOAD was removed from its environment)",
+                process::comm_of(p)
+            ));
+        }
     }
     let maps = std::fs::read_to_string("/proc/self/maps")
         .map_err(|e| format!("reading /proc/self/maps: {e}"))?;
@@ -409,6 +449,9 @@ fn capture(own_fd: RawFd) -> Result<Captured, String> {
         memory::classify(&e)?;
     }
     let pipes = crate::pipes::drain(&mut fds)?;
+    crate::signals::take_shared(vids::CKPT_SIG.load(Ordering::Relaxed))?; // issue 3: queued signals with siginfo
+    crate::timers::dump()?; // issue 3: setitimer and POSIX timers
+    crate::attrs::dump_parked()?; // issue 3: nice/affinity/personality/prctl; refuses seccomp, namespaces
     Ok(Captured { fds, pipes })
 }
 
@@ -434,6 +477,8 @@ fn serve(stream: &mut UnixStream) -> Outcome {
                     Phase::Suspend => match threads::suspend_all(sig, 10_000) {
                         Ok(n) => {
                             cy.suspended_at = Some(sys::monotonic_ns());
+                            // Elect one drainer per pipe shared with other processes.
+                            tree::claim_pipes();
                             info!("checkpoint {generation}: {n} thread(s) parked");
                             Ok(())
                         }
@@ -701,6 +746,8 @@ fn write_image(generation: u64, dir: &str, snap: i32) -> Result<u64, String> {
             vpid,
             real_pid: vids::REAL_PID.load(Ordering::Relaxed),
             vppid: vids::VPPID.load(Ordering::Relaxed),
+            pgid: vids::getpgid(0),
+            sid: vids::getsid(0),
             program: st.program.clone(),
             exe: std::fs::read_link("/proc/self/exe")
                 .map(|p| p.to_string_lossy().into_owned())
@@ -755,6 +802,30 @@ fn write_image(generation: u64, dir: &str, snap: i32) -> Result<u64, String> {
 struct RestartParams {
     socket: String,
     ckpt_dir: String,
+    /// The shared area of a restored process tree (pid map, barrier), when restored as one.
+    #[serde(default)]
+    area_fd: Option<i32>,
+    /// Pipes shared with other processes of the tree, created by `ckpt restart`.
+    #[serde(default)]
+    pipes: Vec<InheritedPipe>,
+}
+
+#[derive(serde::Deserialize)]
+struct InheritedPipe {
+    inode: u64,
+    read_fd: i32,
+    write_fd: i32,
+}
+
+/// Moves an inherited descriptor above every number the program uses, so restoring the
+/// program's descriptors cannot clobber it (nor it them).
+fn lift(fd: i32, above: i32) -> i32 {
+    // SAFETY: duplicating a descriptor `ckpt restart` left us, then closing the original.
+    unsafe {
+        let n = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above);
+        libc::close(fd);
+        n
+    }
 }
 
 /// Runs on the checkpoint thread right after the restorer jumped back to it, in a new
@@ -801,15 +872,15 @@ fn post_restart() -> Result<(), String> {
     if let Err(e) = std::env::set_current_dir(&st.cwd) {
         warn!("cannot return to the working directory {}: {e}", st.cwd);
     }
-    files::restore(&st.fds, &st.pipes)?;
-    let n = threads::recreate_all()?;
-    for s in threads::slots().iter() {
-        if s.state.load(Ordering::Relaxed) == threads::RESTORED {
-            let end = s.name.iter().position(|&c| c == 0).unwrap_or(16);
-            let t = s.real_tid.load(Ordering::Relaxed);
-            let _ = std::fs::write(format!("/proc/self/task/{t}/comm"), &s.name[..end]);
-        }
-    }
+    let above = st
+        .fds
+        .iter()
+        .map(|f| f.fd)
+        .max()
+        .unwrap_or(2)
+        .max(ri.info_fd as i32)
+        + 1;
+    let mut params: Option<RestartParams> = None;
     if ri.info_fd >= 0 {
         // SAFETY: the info memfd was left open for us by `ckpt restart`.
         let mut f = unsafe { std::fs::File::from_raw_fd(ri.info_fd as RawFd) };
@@ -821,9 +892,42 @@ fn post_restart() -> Result<(), String> {
         // SAFETY: only this thread reads CONFIG after start-up.
         unsafe {
             if let Some(c) = (*std::ptr::addr_of_mut!(crate::CONFIG)).as_mut() {
-                c.socket = p.socket;
-                c.ckpt_dir = p.ckpt_dir;
+                c.socket = p.socket.clone();
+                c.ckpt_dir = p.ckpt_dir.clone();
             }
+        }
+        params = Some(p);
+    }
+    let mut inherited: Vec<(u64, i32, i32)> = Vec::new();
+    let mut area = None;
+    if let Some(p) = &params {
+        for ip in &p.pipes {
+            inherited.push((ip.inode, lift(ip.read_fd, above), lift(ip.write_fd, above)));
+        }
+        if let Some(fd) = p.area_fd {
+            let fd = lift(fd, above);
+            let a = tree::Area::map(fd);
+            // SAFETY: the mapping keeps the area; the descriptor is not needed.
+            unsafe { libc::close(fd) };
+            area = Some(a?);
+        }
+    }
+    let restored = files::restore(&st.fds, &st.pipes, &inherited);
+    for (_, r, w) in &inherited {
+        // SAFETY: closing the lifted inherited pipe ends (the program's fds are dups).
+        unsafe {
+            libc::close(*r);
+            libc::close(*w);
+        }
+    }
+    restored?;
+    crate::attrs::restore_process(); // issue 3: personality, no_new_privs, subreaper, dumpable
+    let n = threads::recreate_all()?;
+    for s in threads::slots().iter() {
+        if s.state.load(Ordering::Relaxed) == threads::RESTORED {
+            let end = s.name.iter().position(|&c| c == 0).unwrap_or(16);
+            let t = s.real_tid.load(Ordering::Relaxed);
+            let _ = std::fs::write(format!("/proc/self/task/{t}/comm"), &s.name[..end]);
         }
     }
     // Signals that were pending come back pending (values of queued real-time signals
@@ -843,7 +947,15 @@ fn post_restart() -> Result<(), String> {
             }
         }
     }
+    if let Some(a) = &area {
+        // Every process of the tree restores (and refills its pipes) before any runs on.
+        a.barrier(60_000)?;
+        vids::set_pid_map(&a.pairs());
+    }
     info!("restart: {n} thread(s) recreated");
+    crate::timers::restore()?; // issue 3: setitimer and POSIX timers (new tids known)
+    crate::attrs::restore_threads(&threads::real_tid); // issue 3: per-thread nice and affinity
+    crate::signals::put_back(); // issue 3: process-directed signals with their siginfo
     threads::resume_all();
     Ok(())
 }

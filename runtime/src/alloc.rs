@@ -35,7 +35,7 @@ impl RuntimeAlloc {
             }),
         }
     }
-    fn lock(&self) {
+    pub fn lock(&self) {
         while self
             .lock
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -44,7 +44,7 @@ impl RuntimeAlloc {
             std::hint::spin_loop();
         }
     }
-    fn unlock(&self) {
+    pub fn unlock(&self) {
         self.lock.store(false, Ordering::Release);
     }
 }

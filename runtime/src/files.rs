@@ -13,25 +13,83 @@ const DEVICES: &[&str] = &[
 ];
 
 /// Describes every fd of the process except `skip` (the runtime's own). `Err` names an fd
-/// that cannot be checkpointed yet.
+/// that cannot be checkpointed yet. Contents of memfds and deleted files and the locks held
+/// are saved in the runtime's memory on the way (see `memfd`, `locks`).
 pub fn dump(skip: &[i32]) -> Result<Vec<FdMeta>, String> {
-    let fds = crate::sys::list_numeric_dir("/proc/self/fd")
+    let mut fds = crate::sys::list_numeric_dir("/proc/self/fd")
         .map_err(|e| format!("listing /proc/self/fd: {e}"))?;
-    let mut out = Vec::new();
+    fds.sort_unstable();
+    crate::memfd::clear();
+    let mut out: Vec<FdMeta> = Vec::new();
+    // (fd, dev, ino) of every fd described so far, to find shared descriptions.
+    let mut seen: Vec<(i32, u64, u64)> = Vec::new();
     for fd in fds {
         if skip.contains(&fd) {
             continue;
         }
-        if let Some(m) = describe(fd)? {
+        // SAFETY: fstat into a zeroed buffer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstat(fd, &mut st) } != 0 {
+            continue;
+        }
+        let is_pipe = st.st_mode & libc::S_IFMT == libc::S_IFIFO;
+        if let Some(&(of, _, _)) = seen
+            .iter()
+            .find(|(o, d, i)| *d == st.st_dev && *i == st.st_ino && same_description(*o, fd))
+        {
+            // Pipe ends inside the process are matched by inode in `pipes`; a pipe fd
+            // sharing the description of an inherited fd (e.g. `exec 3>&1`) is a Dup.
+            let of_inherited = out
+                .iter()
+                .any(|m| m.fd == of && matches!(m.kind, FdKind::Inherited));
+            if fd > 2 && (!is_pipe || of_inherited) {
+                // SAFETY: F_GETFD on an open fd.
+                let fdfl = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+                // SAFETY: as above.
+                let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+                if fl >= 0 {
+                    out.push(FdMeta {
+                        fd,
+                        flags: fl,
+                        cloexec: fdfl >= 0 && fdfl & libc::FD_CLOEXEC != 0,
+                        kind: FdKind::Dup { of },
+                    });
+                    continue;
+                }
+            }
+        }
+        if let Some(m) = describe_in(fd, skip)? {
+            seen.push((fd, st.st_dev, st.st_ino));
             out.push(m);
         }
     }
     crate::pipes::check(&out)?;
+    crate::locks::dump(&out)?;
     Ok(out)
 }
 
+/// Whether two fds share one open file description (kcmp; without it — kernels built
+/// without CONFIG_KCMP, or seccomp — every fd is its own description, as before).
+fn same_description(a: i32, b: i32) -> bool {
+    let pid = crate::sys::getpid_real() as u64;
+    // SAFETY: kcmp(pid, pid, KCMP_FILE, a, b) compares two of our own fds.
+    let r = unsafe { crate::sys::syscall6(libc::SYS_kcmp, pid, pid, 0, a as u64, b as u64, 0) };
+    r == 0
+}
+
+/// The text of /proc/self/fdinfo/<fd> (empty if unreadable).
+pub fn fdinfo(fd: i32) -> String {
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default()
+}
+
 /// Describes one fd (`None` if it was closed meanwhile).
+#[allow(dead_code)]
 pub fn describe(fd: i32) -> Result<Option<FdMeta>, String> {
+    describe_in(fd, &[])
+}
+
+fn describe_in(fd: i32, skip: &[i32]) -> Result<Option<FdMeta>, String> {
     // SAFETY: fcntl on an fd number; failure (closed meanwhile) is handled.
     let (fl, fdfl) = unsafe {
         (
@@ -43,7 +101,15 @@ pub fn describe(fd: i32) -> Result<Option<FdMeta>, String> {
         return Ok(None);
     }
     let cloexec = fdfl >= 0 && fdfl & libc::FD_CLOEXEC != 0;
+    // The root process's stdin/stdout/stderr are the restarting command's; another
+    // process of a tree keeps what it had (a pipe to its neighbour in a pipeline, a file),
+    // unless that cannot be restored (a terminal): then it inherits too.
     if fd <= 2 {
+        if !crate::tree::is_root() {
+            if let Ok(Some(m)) = classify(fd, fl, cloexec, skip) {
+                return Ok(Some(m));
+            }
+        }
         return Ok(Some(FdMeta {
             fd,
             flags: fl,
@@ -51,6 +117,10 @@ pub fn describe(fd: i32) -> Result<Option<FdMeta>, String> {
             kind: FdKind::Inherited,
         }));
     }
+    classify(fd, fl, cloexec, skip)
+}
+
+fn classify(fd: i32, fl: i32, cloexec: bool, skip: &[i32]) -> Result<Option<FdMeta>, String> {
     let link = std::fs::read_link(format!("/proc/self/fd/{fd}"))
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -61,17 +131,40 @@ pub fn describe(fd: i32) -> Result<Option<FdMeta>, String> {
         return Ok(None);
     }
     let fmt = st.st_mode & libc::S_IFMT;
-    let kind = if fmt == libc::S_IFREG && link.starts_with('/') && !link.ends_with(" (deleted)") {
+    let deleted = link.ends_with(" (deleted)");
+    let kind = if fl & libc::O_PATH != 0 && link.starts_with('/') && !deleted {
+        FdKind::Path { path: link }
+    } else if let Some(what) = link.strip_prefix("anon_inode:") {
+        let info = fdinfo(fd);
+        match what {
+            "[eventfd]" => crate::eventfd::describe(fd, &info)?,
+            "[timerfd]" => crate::timerfd::describe(fd, &info)?,
+            "[signalfd]" => crate::signalfd::describe(fd, &info)?,
+            "[eventpoll]" => crate::epoll::describe(fd, &info, skip)?,
+            "inotify" => crate::inotify::describe(fd, &info)?,
+            _ => {
+                return Err(format!(
+                    "fd {fd} ({link}) is a special file of a kind not supported (userfaultfd, perf, bpf, io_uring, pidfd, fanotify... cannot be checkpointed)"
+                ))
+            }
+        }
+    } else if fmt == libc::S_IFREG
+        && (link.starts_with("/memfd:") || (deleted && link.starts_with('/')))
+    {
+        crate::memfd::describe(fd, &link, &st)?
+    } else if fmt == libc::S_IFREG && link.starts_with('/') && !deleted {
         // SAFETY: lseek on a regular file fd.
         let off = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
         FdKind::Regular {
-            path: link,
+            path: proc_self_path(&link),
             offset: off.max(0) as u64,
             dev: st.st_dev,
             ino: st.st_ino,
         }
     } else if fmt == libc::S_IFDIR && link.starts_with('/') {
-        FdKind::Directory { path: link }
+        FdKind::Directory {
+            path: proc_self_path(&link),
+        }
     } else if fmt == libc::S_IFCHR && DEVICES.contains(&link.as_str()) {
         FdKind::Device { path: link }
     } else if fmt == libc::S_IFIFO && link.starts_with("pipe:") {
@@ -86,10 +179,8 @@ pub fn describe(fd: i32) -> Result<Option<FdMeta>, String> {
     } else {
         let what = if link.starts_with("socket:") {
             "a socket (sockets come with process-tree support)"
-        } else if link.starts_with("anon_inode:") {
-            "a special file (eventfd/timerfd/epoll/signalfd/inotify are not supported yet)"
         } else if link.ends_with(" (deleted)") {
-            "a deleted file (not supported yet)"
+            "a deleted file that is not a regular file"
         } else if fmt == libc::S_IFCHR {
             "a character device other than null/zero/full/random/urandom (terminals are supported on fds 0-2 only)"
         } else {
@@ -105,21 +196,50 @@ pub fn describe(fd: i32) -> Result<Option<FdMeta>, String> {
     }))
 }
 
+/// `/proc/<our pid>/...` becomes `/proc/self/...`: the pid changes with a restart.
+fn proc_self_path(p: &str) -> String {
+    let pid = crate::sys::getpid_real().to_string();
+    match p
+        .strip_prefix("/proc/")
+        .and_then(|r| r.strip_prefix(pid.as_str()))
+    {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("/proc/self{rest}"),
+        _ => p.to_string(),
+    }
+}
+
 /// Reopens the fds after a restart. Fds 0-2 are the restarting command's (inherited).
 /// Every new descriptor is first created above all recorded numbers, then moved into
-/// place, so that no step can clobber a descriptor restored before it.
-pub fn restore(fds: &[FdMeta], pipes: &[crate::pipes::PipeData]) -> Result<(), String> {
+/// place, so that no step can clobber a descriptor restored before it. Then: fds sharing a
+/// description are dup'd, epoll registrations re-added (their targets are all in place),
+/// memfd seals added, and, once every temporary descriptor is closed, locks taken again.
+pub fn restore(
+    fds: &[FdMeta],
+    pipes: &[crate::pipes::PipeData],
+    inherited_pipes: &[(u64, i32, i32)],
+) -> Result<(), String> {
     let min_fd = fds.iter().map(|f| f.fd).max().unwrap_or(2).max(9) + 1;
-    let mut temps: Vec<(i32, i32)> = crate::pipes::recreate(fds, pipes, min_fd)?;
+    let mut temps: Vec<(i32, i32)> = crate::pipes::recreate(fds, pipes, min_fd, inherited_pipes)?;
+    let mut made: Vec<(u64, i32)> = Vec::new();
     let result = (|| {
         for f in fds {
-            let path = match &f.kind {
-                FdKind::Inherited | FdKind::Pipe { .. } => continue,
+            let nfd = match &f.kind {
+                FdKind::Inherited | FdKind::Pipe { .. } | FdKind::Dup { .. } => continue,
                 FdKind::Regular { path, .. }
                 | FdKind::Directory { path }
-                | FdKind::Device { path } => path,
+                | FdKind::Device { path }
+                | FdKind::Path { path } => open_like(f, path)?,
+                FdKind::EventFd { count, semaphore } => {
+                    crate::eventfd::create(f.fd, *count, *semaphore, f.flags)?
+                }
+                FdKind::TimerFd { .. } => crate::timerfd::create(f.fd, &f.kind, f.flags)?,
+                FdKind::SignalFd { mask } => crate::signalfd::create(f.fd, *mask, f.flags)?,
+                FdKind::Epoll { .. } => crate::epoll::create(f.fd)?,
+                FdKind::Inotify { watches } => crate::inotify::create(f.fd, watches, f.flags)?,
+                FdKind::Memfd { .. } | FdKind::Deleted { .. } => {
+                    crate::memfd::open(f.fd, &f.kind, f.flags, &mut made, min_fd)?
+                }
             };
-            let nfd = open_like(f, path)?;
             // SAFETY: moving our new fd above every recorded number.
             let t = unsafe { libc::fcntl(nfd, libc::F_DUPFD_CLOEXEC, min_fd) };
             // SAFETY: closing the original number.
@@ -157,13 +277,37 @@ pub fn restore(fds: &[FdMeta], pipes: &[crate::pipes::PipeData]) -> Result<(), S
                 _ => {}
             }
         }
-        Ok(())
+        for f in fds {
+            if let FdKind::Dup { of } = f.kind {
+                // SAFETY: dup3 of a restored fd onto the recorded number.
+                if unsafe { libc::dup3(of, f.fd, if f.cloexec { libc::O_CLOEXEC } else { 0 }) } < 0
+                {
+                    return Err(format!(
+                        "fd {} (same file as fd {of}): dup3 failed: {}",
+                        f.fd,
+                        std::io::Error::last_os_error()
+                    ));
+                }
+            }
+        }
+        for f in fds {
+            if let FdKind::Epoll { targets } = &f.kind {
+                crate::epoll::add_targets(f.fd, targets)?;
+            }
+        }
+        crate::memfd::seal(&made, fds)
     })();
     for (_, t) in &temps {
         // SAFETY: closing our temporaries (the recorded numbers hold their own dups).
         unsafe { libc::close(*t) };
     }
-    result
+    for (_, b) in &made {
+        // SAFETY: closing the memfds/files we created (the fds hold their own opens).
+        unsafe { libc::close(*b) };
+    }
+    crate::memfd::clear();
+    result?;
+    crate::locks::restore()
 }
 
 fn open_like(f: &FdMeta, path: &str) -> Result<i32, String> {
@@ -189,7 +333,7 @@ fn open_like(f: &FdMeta, path: &str) -> Result<i32, String> {
             std::io::Error::last_os_error()
         ));
     }
-    if let FdKind::Regular { dev, ino, .. } = &f.kind {
+    if let (FdKind::Regular { dev, ino, .. }, false) = (&f.kind, path.starts_with("/proc/")) {
         // SAFETY: fstat into a zeroed buffer.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
@@ -238,7 +382,7 @@ mod tests {
         }
         assert!(me.flags & libc::O_APPEND != 0);
         drop(f); // fd is closed; restore must bring it back at the same number
-        restore(std::slice::from_ref(&me), &[]).unwrap();
+        restore(std::slice::from_ref(&me), &[], &[]).unwrap();
         // SAFETY: querying the restored fd.
         let off = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
         assert_eq!(off, 3);

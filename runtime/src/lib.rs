@@ -10,26 +10,36 @@
 
 mod agent;
 mod alloc;
+mod attrs;
 mod ctx;
+mod epoll;
+mod eventfd;
 mod files;
+mod inotify;
+mod locks;
 mod log;
+mod memfd;
 mod memory;
 mod pipes;
 mod process;
+mod signalfd;
+mod signals;
 mod sys;
 mod threads;
+mod timerfd;
+mod timers;
+mod tree;
 mod vids;
 
-pub use vids::{
-    getpid, getppid, gettid, kill, pthread_sigmask, sigaction, signal, sigprocmask, tgkill,
-};
+// The interposed libc functions (`getpid`, `fork`, `kill`, `waitpid`, `sigaction`, ...) are
+// `#[no_mangle]` items of `vids`; they are exported by being defined.
 
 use std::ffi::CStr;
 use std::os::raw::c_char;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 #[global_allocator]
-static ALLOC: alloc::RuntimeAlloc = alloc::RuntimeAlloc::new();
+pub(crate) static ALLOC: alloc::RuntimeAlloc = alloc::RuntimeAlloc::new();
 
 /// Start-up configuration read from the exec-time environment.
 pub struct Config {

@@ -36,14 +36,14 @@ fn inodes(fds: &[FdMeta]) -> Vec<u64> {
 pub fn check(fds: &[FdMeta]) -> Result<(), String> {
     for ino in inodes(fds) {
         let (r, w) = (ends(fds, ino, false), ends(fds, ino, true));
-        if r.is_empty() || w.is_empty() {
+        if (r.is_empty() || w.is_empty()) && !crate::tree::pipe_in_job(ino) {
             let (fd, missing) = if r.is_empty() {
                 (w[0], "read")
             } else {
                 (r[0], "write")
             };
             return Err(format!(
-                "fd {fd} is one end of pipe:[{ino}] whose {missing} end is not open in this process (pipes between processes come with process-tree support)"
+                "fd {fd} is one end of pipe:[{ino}] whose {missing} end is held by no process of the job (a pipe to a process outside the job cannot be restored)"
             ));
         }
     }
@@ -54,7 +54,14 @@ pub fn check(fds: &[FdMeta]) -> Result<(), String> {
 pub fn drain(fds: &mut [FdMeta]) -> Result<Vec<PipeData>, String> {
     let mut out = Vec::new();
     for ino in inodes(fds) {
-        let rfd = ends(fds, ino, false)[0];
+        // Only a holder of a read end can drain; of several processes holding it, the
+        // one that won the claim (see `tree::claim_pipes`).
+        let Some(&rfd) = ends(fds, ino, false).first() else {
+            continue;
+        };
+        if !crate::tree::drains(rfd) {
+            continue;
+        }
         // SAFETY: fcntl on an open fd of ours.
         let fl = unsafe { libc::fcntl(rfd, libc::F_GETFL) };
         // SAFETY: as above; the flag is put back below.
@@ -127,6 +134,23 @@ pub fn refill(fds: &[FdMeta], pipes: &[PipeData]) -> Result<(), String> {
         let w = ends(fds, p.inode, true);
         if let Some(&fd) = w.first() {
             write_all(fd, &p.data)?;
+        } else if let Some(&rfd) = ends(fds, p.inode, false).first() {
+            // The write end is in another process: open the pipe for writing through
+            // our read end.
+            let path = std::ffi::CString::new(format!("/proc/self/fd/{rfd}")).unwrap();
+            // SAFETY: open with a NUL-terminated path; closed below.
+            let wfd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+            if wfd < 0 {
+                return Err(format!(
+                    "reopening pipe:[{}] for writing: {}",
+                    p.inode,
+                    std::io::Error::last_os_error()
+                ));
+            }
+            let r = write_all(wfd, &p.data);
+            // SAFETY: closing our temporary fd.
+            unsafe { libc::close(wfd) };
+            r?;
         }
     }
     Ok(())
@@ -134,16 +158,30 @@ pub fn refill(fds: &[FdMeta], pipes: &[PipeData]) -> Result<(), String> {
 
 /// After a restart: a new pipe per recorded pipe, filled with its bytes. Returns, per fd
 /// number of a pipe end, the temporary fd holding the new end.
+///
+/// `inherited` lists pipes shared with other processes of a restored tree: `ckpt restart`
+/// created them before forking, as (inode, read fd, write fd); they are used instead of a
+/// new pipe.
 pub fn recreate(
     fds: &[FdMeta],
     pipes: &[PipeData],
     min_fd: i32,
+    inherited: &[(u64, i32, i32)],
 ) -> Result<Vec<(i32, i32)>, String> {
     let mut map = Vec::new();
     for ino in inodes(fds) {
         let mut p = [0i32; 2];
+        if let Some(&(_, r, w)) = inherited.iter().find(|(i, _, _)| *i == ino) {
+            // SAFETY: duplicating the inherited ends (the originals are closed by the caller).
+            p = unsafe { [libc::dup(r), libc::dup(w)] };
+            if p[0] < 0 || p[1] < 0 {
+                return Err(format!(
+                    "dup of an inherited pipe: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
         // SAFETY: pipe2 into a local array.
-        if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        } else if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
             return Err(format!("pipe2: {}", std::io::Error::last_os_error()));
         }
         let mut moved = [0i32; 2];
@@ -164,10 +202,19 @@ pub fn recreate(
             }
             write_all(moved[1], &d.data)?;
         }
-        for fd in ends(fds, ino, false) {
+        let (r, w) = (ends(fds, ino, false), ends(fds, ino, true));
+        // An end this process does not hold (the pipe is shared with another process of a
+        // restored tree) must not stay open here: the reader would never see end-of-file.
+        for (k, held) in [(0, &r), (1, &w)] {
+            if held.is_empty() {
+                // SAFETY: closing our temporary copy of an end we do not hold.
+                unsafe { libc::close(moved[k]) };
+            }
+        }
+        for fd in r {
             map.push((fd, moved[0]));
         }
-        for fd in ends(fds, ino, true) {
+        for fd in w {
             map.push((fd, moved[1]));
         }
     }
@@ -208,7 +255,7 @@ mod tests {
         // SAFETY: reading the refilled bytes back.
         let n = unsafe { libc::read(p[0], buf.as_mut_ptr() as *mut libc::c_void, 32) };
         assert_eq!(&buf[..n as usize], b"hello pipe");
-        let map = recreate(&fds, &d, 100).unwrap();
+        let map = recreate(&fds, &d, 100, &[]).unwrap();
         let (_, newr) = map.iter().find(|(fd, _)| *fd == p[0]).copied().unwrap();
         // SAFETY: reading from the recreated pipe.
         let n = unsafe { libc::read(newr, buf.as_mut_ptr() as *mut libc::c_void, 32) };

@@ -229,6 +229,13 @@ pub fn children(except: &[i32]) -> Vec<i32> {
     out
 }
 
+/// Whether process `pid` has the runtime loaded (a zombie has no memory: false).
+pub fn runs_runtime(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map(|m| m.lines().any(|l| l.ends_with("/libckpt.so")))
+        .unwrap_or(false)
+}
+
 pub fn comm_of(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|s| s.trim().to_string())

@@ -338,6 +338,14 @@ pub fn suspend_all(sig: i32, timeout_ms: u64) -> Result<usize, String> {
         .count())
 }
 
+/// In the child of a fork: only the forking thread exists; no thread is parked.
+pub fn forget_all() {
+    for s in slots().iter_mut() {
+        s.state.store(FREE, Ordering::Relaxed);
+    }
+    RELEASE.store(1, Ordering::Release);
+}
+
 /// Lets every parked thread continue.
 pub fn resume_all() {
     for s in slots().iter_mut() {

@@ -25,18 +25,75 @@ pub fn virtual_of_new_thread(real: i32) -> i32 {
     real
 }
 
-fn to_real_pid(pid: i32) -> i32 {
-    if !RESTORED.load(Ordering::Relaxed) {
-        return pid;
+/// Virtual ↔ real pids of the job's processes on this host, set after a restore (entries
+/// are only needed where the two differ). Lock-free: written by the checkpoint thread while
+/// no user thread runs, read by anyone.
+const PID_MAP_LEN: usize = 4096;
+struct PidMap {
+    vpid: [AtomicI32; PID_MAP_LEN],
+    real: [AtomicI32; PID_MAP_LEN],
+    n: AtomicUsize,
+}
+#[allow(clippy::declare_interior_mutable_const)]
+const Z: AtomicI32 = AtomicI32::new(0);
+static PIDS: PidMap = PidMap {
+    vpid: [Z; PID_MAP_LEN],
+    real: [Z; PID_MAP_LEN],
+    n: AtomicUsize::new(0),
+};
+
+/// Replaces the table (after a restore).
+pub fn set_pid_map(pairs: &[(i32, i32)]) {
+    let n = pairs.len().min(PID_MAP_LEN);
+    PIDS.n.store(0, Ordering::Release);
+    for (i, (v, r)) in pairs.iter().take(n).enumerate() {
+        PIDS.vpid[i].store(*v, Ordering::Relaxed);
+        PIDS.real[i].store(*r, Ordering::Relaxed);
     }
-    let v = VPID.load(Ordering::Relaxed);
-    if pid == v {
-        REAL_PID.load(Ordering::Relaxed)
-    } else if pid == -v {
-        -REAL_PID.load(Ordering::Relaxed)
+    PIDS.n.store(n, Ordering::Release);
+}
+
+/// Real pid of a virtual pid (identity when unknown).
+pub fn real_of(v: i32) -> i32 {
+    if v == VPID.load(Ordering::Relaxed) {
+        return REAL_PID.load(Ordering::Relaxed);
+    }
+    let n = PIDS.n.load(Ordering::Acquire);
+    for i in 0..n {
+        if PIDS.vpid[i].load(Ordering::Relaxed) == v {
+            return PIDS.real[i].load(Ordering::Relaxed);
+        }
+    }
+    v
+}
+
+/// Virtual pid of a real pid (identity when unknown).
+pub fn virtual_of(r: i32) -> i32 {
+    if r == REAL_PID.load(Ordering::Relaxed) {
+        return VPID.load(Ordering::Relaxed);
+    }
+    let n = PIDS.n.load(Ordering::Acquire);
+    for i in 0..n {
+        if PIDS.real[i].load(Ordering::Relaxed) == r {
+            return PIDS.vpid[i].load(Ordering::Relaxed);
+        }
+    }
+    r
+}
+
+/// Translates a pid argument that may also name a process group (negative) or "any" (0, -1).
+fn pid_arg_to_real(pid: i32) -> i32 {
+    if pid > 0 {
+        real_of(pid)
+    } else if pid < -1 {
+        -real_of(-pid)
     } else {
         pid
     }
+}
+
+fn to_real_pid(pid: i32) -> i32 {
+    pid_arg_to_real(pid)
 }
 
 fn set_errno_ret(r: i64) -> libc::c_int {
@@ -63,10 +120,6 @@ pub extern "C" fn getpid() -> libc::pid_t {
 pub extern "C" fn gettid() -> libc::pid_t {
     let t = sys::gettid();
     if RESTORED.load(Ordering::Relaxed) {
-        if t == REAL_PID.load(Ordering::Relaxed) {
-            // The process leader is now the checkpoint thread.
-            return crate::threads::virtual_tid(t);
-        }
         crate::threads::virtual_tid(t)
     } else {
         t
@@ -79,7 +132,7 @@ pub extern "C" fn getppid() -> libc::pid_t {
     if RESTORED.load(Ordering::Relaxed) && real == RESTORE_PPID.load(Ordering::Relaxed) {
         VPPID.load(Ordering::Relaxed)
     } else {
-        real
+        virtual_of(real)
     }
 }
 
@@ -97,6 +150,167 @@ pub extern "C" fn tgkill(tgid: libc::pid_t, tid: libc::pid_t, sig: libc::c_int) 
         tid
     };
     set_errno_ret(sys::tgkill(to_real_pid(tgid), rt, sig))
+}
+
+type ForkFn = unsafe extern "C" fn() -> libc::pid_t;
+static REAL_FORK: AtomicUsize = AtomicUsize::new(0);
+
+/// `fork()`: the child becomes a new process of the job, with its own checkpoint thread.
+///
+/// # Safety
+/// Same contract as libc's fork.
+#[no_mangle]
+pub unsafe extern "C" fn fork() -> libc::pid_t {
+    let f = next_symbol(&REAL_FORK, b"fork\0");
+    let parent_vpid = getpid();
+    let active = ACTIVE.load(Ordering::Relaxed);
+    // The runtime's allocator must not be copied in a locked state.
+    crate::ALLOC.lock();
+    // SAFETY: glibc's fork.
+    let r = unsafe { std::mem::transmute::<usize, ForkFn>(f)() };
+    crate::ALLOC.unlock();
+    if r == 0 && active {
+        crate::agent::after_fork_child(parent_vpid);
+    }
+    if r > 0 {
+        virtual_of(r)
+    } else {
+        r
+    }
+}
+
+/// `vfork()` is served by `fork()`: the child must get its own runtime state, which a
+/// child sharing the parent's memory cannot.
+///
+/// # Safety
+/// Same contract as libc's vfork (a superset: the child has its own memory).
+#[no_mangle]
+pub unsafe extern "C" fn vfork() -> libc::pid_t {
+    // SAFETY: forwarded.
+    unsafe { fork() }
+}
+
+fn wait_result(r: i64) -> libc::pid_t {
+    if r > 0 {
+        virtual_of(r as i32)
+    } else {
+        set_errno_ret(r)
+    }
+}
+
+/// # Safety
+/// Same contract as libc's wait4.
+#[no_mangle]
+pub unsafe extern "C" fn wait4(
+    pid: libc::pid_t,
+    status: *mut libc::c_int,
+    options: libc::c_int,
+    ru: *mut libc::rusage,
+) -> libc::pid_t {
+    // SAFETY: forwarded pointers are the caller's.
+    let r = unsafe {
+        sys::syscall6(
+            libc::SYS_wait4,
+            pid_arg_to_real(pid) as u64,
+            status as u64,
+            options as u64,
+            ru as u64,
+            0,
+            0,
+        )
+    };
+    wait_result(r)
+}
+
+/// # Safety
+/// Same contract as libc's waitpid.
+#[no_mangle]
+pub unsafe extern "C" fn waitpid(
+    pid: libc::pid_t,
+    status: *mut libc::c_int,
+    options: libc::c_int,
+) -> libc::pid_t {
+    // SAFETY: forwarded.
+    unsafe { wait4(pid, status, options, std::ptr::null_mut()) }
+}
+
+/// # Safety
+/// Same contract as libc's wait.
+#[no_mangle]
+pub unsafe extern "C" fn wait(status: *mut libc::c_int) -> libc::pid_t {
+    // SAFETY: forwarded.
+    unsafe { wait4(-1, status, 0, std::ptr::null_mut()) }
+}
+
+/// # Safety
+/// Same contract as libc's waitid.
+#[no_mangle]
+pub unsafe extern "C" fn waitid(
+    idtype: libc::idtype_t,
+    id: libc::id_t,
+    info: *mut libc::siginfo_t,
+    options: libc::c_int,
+) -> libc::c_int {
+    let id = if idtype == libc::P_PID || idtype == libc::P_PGID {
+        real_of(id as i32) as libc::id_t
+    } else {
+        id
+    };
+    // SAFETY: forwarded pointers are the caller's.
+    let r = unsafe {
+        sys::syscall6(
+            libc::SYS_waitid,
+            idtype as u64,
+            id as u64,
+            info as u64,
+            options as u64,
+            0,
+            0,
+        )
+    };
+    if r >= 0 && !info.is_null() {
+        // si_pid sits at offset 16 of siginfo_t for SIGCHLD.
+        // SAFETY: info points to the caller's siginfo_t, filled by the kernel.
+        unsafe {
+            let p = (info as *mut u8).add(16) as *mut i32;
+            if *p > 0 {
+                *p = virtual_of(*p);
+            }
+        }
+    }
+    set_errno_ret(r)
+}
+
+#[no_mangle]
+pub extern "C" fn getpgid(pid: libc::pid_t) -> libc::pid_t {
+    // SAFETY: integer argument.
+    let r = unsafe { sys::syscall3(libc::SYS_getpgid, pid_arg_to_real(pid) as u64, 0, 0) };
+    wait_result(r)
+}
+
+#[no_mangle]
+pub extern "C" fn getpgrp() -> libc::pid_t {
+    getpgid(0)
+}
+
+#[no_mangle]
+pub extern "C" fn getsid(pid: libc::pid_t) -> libc::pid_t {
+    // SAFETY: integer argument.
+    let r = unsafe { sys::syscall3(libc::SYS_getsid, pid_arg_to_real(pid) as u64, 0, 0) };
+    wait_result(r)
+}
+
+#[no_mangle]
+pub extern "C" fn setpgid(pid: libc::pid_t, pgid: libc::pid_t) -> libc::c_int {
+    // SAFETY: integer arguments.
+    set_errno_ret(unsafe {
+        sys::syscall3(
+            libc::SYS_setpgid,
+            pid_arg_to_real(pid) as u64,
+            pid_arg_to_real(pgid) as u64,
+            0,
+        )
+    })
 }
 
 type SigactionFn =

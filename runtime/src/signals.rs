@@ -1,0 +1,226 @@
+//! Process-directed pending signals with their siginfo (queued real-time signals keep their
+//! values, every instance, in order; standard signals keep their sender and code).
+//!
+//! At the Drain phase the checkpoint thread dequeues every signal pending for the whole
+//! process with `rt_sigtimedwait` (zero timeout; user threads are parked and every signal
+//! is blocked in them, so nothing else can take them meanwhile). The siginfos are kept in
+//! the runtime's memory (so in the image); at Refill they are queued back into the running
+//! process with `rt_sigqueueinfo` (allowed with any `si_code` when a process signals
+//! itself), and after a restart the same is done right before the threads are released.
+//! Signals pending for one thread only keep the existing behaviour (raised again, without
+//! values), see `threads::Slot::pending`.
+//!
+//! `sigqueue(3)` is interposed so that a program that queues a signal to its own (virtual)
+//! pid after a restart reaches itself.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+type SigInfo = [u64; 16];
+
+static mut TAKEN: Vec<SigInfo> = Vec::new();
+static OUTSTANDING: AtomicBool = AtomicBool::new(false);
+
+fn taken() -> &'static mut Vec<SigInfo> {
+    // SAFETY: only the checkpoint thread uses TAKEN.
+    unsafe { &mut *std::ptr::addr_of_mut!(TAKEN) }
+}
+
+fn shared_pending() -> u64 {
+    crate::process::pending_signals(crate::sys::gettid()).1
+}
+
+/// Dequeues every process-directed pending signal except `skip` (the checkpoint signal).
+pub fn take_shared(skip: i32) -> Result<(), String> {
+    put_back();
+    let v = taken();
+    v.clear();
+    let pend = shared_pending();
+    for sig in 1..=64i32 {
+        if pend & (1 << (sig - 1)) == 0
+            || sig == skip
+            || sig == libc::SIGKILL
+            || sig == libc::SIGSTOP
+        {
+            continue;
+        }
+        let set: u64 = 1 << (sig - 1);
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        loop {
+            let mut info: SigInfo = [0; 16];
+            // SAFETY: rt_sigtimedwait(set, info, timeout, 8) with locals.
+            let r = unsafe {
+                crate::sys::syscall6(
+                    libc::SYS_rt_sigtimedwait,
+                    &set as *const u64 as u64,
+                    info.as_mut_ptr() as u64,
+                    &zero as *const libc::timespec as u64,
+                    8,
+                    0,
+                    0,
+                )
+            };
+            if r == -(libc::EINTR as i64) {
+                continue;
+            }
+            if r <= 0 {
+                break;
+            }
+            v.push(info);
+            OUTSTANDING.store(true, Ordering::Release);
+            if sig < 32 {
+                break; // a standard signal is pending once at most
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Queues the taken signals back (once; after a refill or in a restored process).
+pub fn put_back() {
+    if !OUTSTANDING.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    let pid = crate::sys::getpid_real();
+    for info in taken().iter() {
+        let sig = (info[0] & 0xffff_ffff) as i32;
+        // SAFETY: rt_sigqueueinfo to our own process with the recorded siginfo.
+        let r = unsafe {
+            crate::sys::syscall3(
+                libc::SYS_rt_sigqueueinfo,
+                pid as u64,
+                sig as u64,
+                info.as_ptr() as u64,
+            )
+        };
+        if r < 0 {
+            crate::warn!(
+                "could not queue signal {sig} again: {}",
+                std::io::Error::from_raw_os_error(-r as i32)
+            );
+        }
+    }
+}
+
+/// Signals taken at the last checkpoint (for the record in the image: count).
+#[allow(dead_code)]
+pub fn taken_count() -> usize {
+    taken().len()
+}
+
+/// Interposed `sigqueue(3)`: the program's (virtual) pid means itself after a restart.
+#[no_mangle]
+pub extern "C" fn sigqueue(pid: libc::pid_t, sig: libc::c_int, value: libc::sigval) -> libc::c_int {
+    let vpid = crate::vids::VPID.load(Ordering::Relaxed);
+    let real = if crate::vids::RESTORED.load(Ordering::Relaxed) && pid == vpid {
+        crate::vids::REAL_PID.load(Ordering::Relaxed)
+    } else {
+        pid
+    };
+    let mut info: SigInfo = [0; 16];
+    // si_signo, si_errno, si_code = SI_QUEUE; si_pid, si_uid; si_value (glibc's layout).
+    info[0] = sig as u32 as u64;
+    info[1] = (libc::SI_QUEUE as u32) as u64;
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    info[2] = (crate::vids::getpid() as u32 as u64) | ((uid as u64) << 32);
+    info[3] = value.sival_ptr as u64;
+    // SAFETY: rt_sigqueueinfo with a local siginfo.
+    let r = unsafe {
+        crate::sys::syscall3(
+            libc::SYS_rt_sigqueueinfo,
+            real as u64,
+            sig as u64,
+            info.as_ptr() as u64,
+        )
+    };
+    if r < 0 {
+        // SAFETY: errno is thread-local.
+        unsafe { *libc::__errno_location() = -r as i32 };
+        return -1;
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_signal_values_round_trip() {
+        // In a forked (single-threaded) child: the test harness's other threads do not
+        // block the signal and would take it.
+        // SAFETY: fork; the child uses raw system calls and exits with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let code = (|| {
+                let sig = libc::SIGRTMIN() + 5;
+                // SAFETY: blocking the signal in the only thread of the child.
+                unsafe {
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, sig);
+                    libc::sigaddset(&mut set, libc::SIGUSR1);
+                    libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                    for v in [11usize, 22, 33] {
+                        if sigqueue(
+                            libc::getpid(),
+                            sig,
+                            libc::sigval {
+                                sival_ptr: v as *mut _,
+                            },
+                        ) != 0
+                        {
+                            return 2;
+                        }
+                    }
+                    libc::kill(libc::getpid(), libc::SIGUSR1);
+                }
+                take_shared(62).unwrap();
+                if taken().len() != 4 || shared_pending() != 0 {
+                    return 3;
+                }
+                put_back();
+                put_back(); // only once
+                let mut got = Vec::new();
+                for _ in 0..4 {
+                    // SAFETY: sigtimedwait with locals.
+                    unsafe {
+                        let mut set: libc::sigset_t = std::mem::zeroed();
+                        libc::sigemptyset(&mut set);
+                        libc::sigaddset(&mut set, sig);
+                        libc::sigaddset(&mut set, libc::SIGUSR1);
+                        let mut info: libc::siginfo_t = std::mem::zeroed();
+                        let ts = libc::timespec {
+                            tv_sec: 0,
+                            tv_nsec: 0,
+                        };
+                        let r = libc::sigtimedwait(&set, &mut info, &ts);
+                        if r == sig {
+                            got.push(info.si_value().sival_ptr as usize);
+                        } else if r == libc::SIGUSR1 {
+                            got.push(1);
+                        } else {
+                            return 4;
+                        }
+                    }
+                }
+                if got != [1, 11, 22, 33] || shared_pending() != 0 {
+                    return 5;
+                }
+                0
+            })();
+            // SAFETY: leave the child at once.
+            unsafe { libc::_exit(code) };
+        }
+        let mut st = 0;
+        // SAFETY: reaping our child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "child status {st:#x}"
+        );
+    }
+}
