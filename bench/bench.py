@@ -1,0 +1,854 @@
+#!/usr/bin/env python3
+"""ckpt benchmark: checkpoint time, stopped time, restart time and image size of a few
+workloads, side by side with `dd` writing 1 GiB to the same file system, plus the runtime's
+overhead (compute-loop slowdown, resident memory). Python 3 standard library only.
+
+See bench/README.md for what every figure means and the targets it is compared against.
+"""
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import queue
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+MIB = 1024 * 1024
+
+# Targets from issues 2 and 9 (see bench/README.md).
+TARGETS = {
+    "tiny_ckpt_s": 0.050,
+    "tiny_restart_s": 0.050,
+    "tiny_image_bytes": 1 * MIB,
+    "stopped_s": 0.050,
+    "gib_ckpt_vs_dd": 1.5,
+}
+
+# Peer figures measured on this VM (../shared/research/peers.md), medians.
+PEERS = {
+    "tiny": {"DMTCP": (0.409, 0.212, 22.4 * MIB), "CRIU": (0.043, 0.021, 0.12 * MIB)},
+    "threads4": {"DMTCP": (0.397, 0.214, 22.5 * MIB), "CRIU": (0.038, 0.022, 0.15 * MIB)},
+    "mem1g": {"DMTCP": (2.47, 0.74, 1046.4 * MIB), "CRIU": (1.05, 0.84, 1024.1 * MIB)},
+}
+
+
+# ----------------------------------------------------------------------------------------
+# Workloads
+
+
+def parse_size_mib(s):
+    m = re.fullmatch(r"(\d+)([mg])", s)
+    if not m:
+        raise ValueError(s)
+    return int(m.group(1)) * (1024 if m.group(2) == "g" else 1)
+
+
+def workload(name):
+    """name -> dict(program, args, ready, verify_line)"""
+    if name == "tiny":
+        return {"name": name, "program": "tiny", "args": [], "ready": None, "verify_ticks": 3}
+    if name == "threads4":
+        return {"name": name, "program": "threads4", "args": [], "ready": None, "verify_ticks": 3}
+    if name.startswith("mem"):
+        mib = parse_size_mib(name[3:])
+        # after the restart, wait for a full verification pass (32 MiB per tick) + 1 tick
+        return {"name": name, "program": "mem", "args": [str(mib)], "ready": "ready",
+                "verify_ticks": -(-mib // 32) + 1, "mib": mib}
+    if name in ("sparse", "sparse8g"):
+        return {"name": name, "program": "sparse", "args": [], "ready": "ready", "verify_ticks": 3}
+    raise SystemExit(f"bench.py: unknown workload {name!r} (tiny, threads4, memNg/memNm, sparse8g)")
+
+
+# ----------------------------------------------------------------------------------------
+# Process bookkeeping: everything we start is registered and killed by pid on exit.
+
+
+class Registry:
+    def __init__(self):
+        self.procs = []  # Popen objects
+        self.extra_pids = set()  # pids that are not our Popen children (coordinators, ...)
+        self.dirs = []  # temp dirs to remove
+        self.ckpt_dirs = []  # checkpoint dirs: their coordinator is ours to stop
+
+    def popen(self, argv, **kw):
+        kw.setdefault("close_fds", True)  # no stray inherited fds (pipes!) in the job
+        kw.setdefault("start_new_session", True)  # a terminal's Ctrl-C reaches only us
+        p = subprocess.Popen(argv, **kw)
+        self.procs.append(p)
+        return p
+
+    def kill_proc(self, p, sig=signal.SIGKILL, timeout=10):
+        if p.poll() is None:
+            try:
+                os.kill(p.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        if p in self.procs and p.poll() is not None:
+            self.procs.remove(p)
+
+    def cleanup(self):
+        for p in list(self.procs):
+            self.kill_proc(p)
+        for d in list(self.ckpt_dirs):
+            stop_coordinator(self, d)
+        for pid in list(self.extra_pids):
+            kill_pid(pid)
+        for d in reversed(self.dirs):
+            shutil.rmtree(d, ignore_errors=True)
+        self.dirs.clear()
+
+
+def pid_alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        if state == "Z":
+            reap(pid)
+            return False
+        return True
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def reap(pid):
+    # We are a child subreaper, so orphaned coordinators become our children: reap them.
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def kill_pid(pid, timeout=5):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def set_subreaper():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_CHILD_SUBREAPER = 36
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except OSError:
+        pass
+
+
+def coordinator_pid(ckdir):
+    """The pid of the coordinator serving ckdir, if one runs (checked via /proc cmdline)."""
+    try:
+        pid = int(open(os.path.join(ckdir, "coordinator.pid")).read().split()[0])
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return None
+    if any(b"ckpt-coordinatord" in c for c in cmd[:1]) and ckdir.encode() in cmd:
+        return pid
+    return None
+
+
+def stop_coordinator(reg, ckdir, ckpt=None):
+    """Stops ckdir's coordinator (`ckpt shutdown`, then SIGKILL by pid) and waits until it is
+    gone, so that the next restart starts its own, as it would in a new job."""
+    pid = coordinator_pid(ckdir)
+    if pid is None:
+        return
+    if ckpt:
+        subprocess.run([ckpt, "shutdown", "--ckpt-dir", ckdir], close_fds=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=20)
+    deadline = time.monotonic() + 5
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if pid_alive(pid):
+        kill_pid(pid)
+
+
+class Lines:
+    """Reads a pipe in a thread; every line is queued with its arrival time."""
+
+    def __init__(self, pipe):
+        self.q = queue.Queue()
+        self.all = []
+        self.t = threading.Thread(target=self._run, args=(pipe,), daemon=True)
+        self.t.start()
+
+    def _run(self, pipe):
+        for raw in iter(pipe.readline, b""):
+            line = raw.decode(errors="replace").rstrip("\n")
+            item = (time.monotonic(), line)
+            self.all.append(item)
+            self.q.put(item)
+        self.q.put((time.monotonic(), None))
+
+    def next(self, deadline):
+        """Next (time, line); line is None at EOF; raises TimeoutError past the deadline."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        try:
+            return self.q.get(timeout=left)
+        except queue.Empty:
+            raise TimeoutError from None
+
+
+def tick_of(line):
+    m = re.fullmatch(r"tick (\d+)", line or "")
+    return int(m.group(1)) if m else None
+
+
+class Failure(Exception):
+    """ckpt itself failed: the run is recorded as failed with the command and its output."""
+
+    def __init__(self, what, command=None, output=None):
+        super().__init__(what)
+        self.what, self.command, self.output = what, command, output
+
+
+def wait_ticks(lines, n, deadline, ready=None, what="program"):
+    """Waits for `ready` (if given) then n tick lines; returns (last tick, time of first
+    tick seen, lines seen). Raises Failure on FAIL, EOF or timeout."""
+    seen, last, first_t = [], None, None
+    got_ready = ready is None
+    count = 0
+    while count < n or not got_ready:
+        try:
+            t, line = lines.next(deadline)
+        except TimeoutError:
+            raise Failure(f"{what}: timed out waiting for output", output="\n".join(seen[-20:]))
+        if line is None:
+            raise Failure(f"{what}: output ended (the process exited)", output="\n".join(seen[-20:]))
+        seen.append(line)
+        if line.startswith("FAIL"):
+            raise Failure(f"{what} reported: {line}", output="\n".join(seen[-20:]))
+        if not got_ready and line.startswith(ready):
+            got_ready = True
+            continue
+        k = tick_of(line)
+        if k is not None and got_ready:
+            if first_t is None:
+                first_t = t
+            last = k
+            count += 1
+    return last, first_t, seen
+
+
+def read_events(ckdir):
+    out = []
+    try:
+        for l in open(os.path.join(ckdir, "events.jsonl")):
+            try:
+                out.append(json.loads(l))
+            except ValueError:
+                pass
+    except OSError:
+        pass
+    return out
+
+
+def dir_bytes(d):
+    """(apparent bytes, allocated bytes) of the files in d."""
+    app = alloc = 0
+    for root, _, files in os.walk(d):
+        for f in files:
+            st = os.stat(os.path.join(root, f))
+            app += st.st_size
+            alloc += st.st_blocks * 512
+    return app, alloc
+
+
+def drop_cache(d):
+    for root, _, files in os.walk(d):
+        for f in files:
+            fd = os.open(os.path.join(root, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------
+# One checkpoint -> kill -> restart cycle
+
+
+def one_cycle(reg, ckpt, bindir, wl, ckdir, args):
+    r = {"workload": wl["name"], "ok": False}
+    prog = [os.path.join(bindir, wl["program"])] + wl["args"]
+    reg.ckpt_dirs.append(ckdir)
+    env = dict(os.environ)
+    env.pop("CKPT_DIR", None)
+    if args.log:
+        env["CKPT_LOG"] = args.log
+    launch_err = open(os.path.join(ckdir + ".launch.err"), "wb")
+    restart_err = open(os.path.join(ckdir + ".restart.err"), "wb")
+    try:
+        # 1. launch and wait until it runs (ready + 3 ticks)
+        cmd = [ckpt, "launch", "--ckpt-dir", ckdir, "--"] + prog
+        launch_wall = time.time()
+        p = reg.popen(cmd, stdout=subprocess.PIPE, stderr=launch_err, env=env)
+        lines = Lines(p.stdout)
+        pre_tick, _, _ = wait_ticks(lines, 3, time.monotonic() + args.timeout, wl["ready"],
+                                    "launched program")
+        # The runtime joins the coordinator asynchronously; a checkpoint requested before
+        # that fails ("no process of the job is connected"). Wait for the join like a
+        # harness waits for DMTCP's NUM_PEERS, and report how long it took.
+        deadline = time.monotonic() + args.timeout
+        while True:
+            joined = [e for e in read_events(ckdir) if e.get("event") == "process_joined"
+                      and e.get("real_pid") == p.pid]
+            if joined:
+                r["join_s"] = joined[0]["time"] - launch_wall
+                break
+            if time.monotonic() > deadline or p.poll() is not None:
+                raise Failure("the launched program never joined its coordinator",
+                              " ".join(cmd), "\n".join(l for _, l in lines.all[-10:]))
+            time.sleep(0.005)
+        # 2. no dirty backlog from the program's start-up
+        t = time.monotonic()
+        subprocess.run(["sync"], check=True)
+        r["sync_before_s"] = time.monotonic() - t
+        # 3. checkpoint --kill, timed
+        cmd = [ckpt, "checkpoint", "--ckpt-dir", ckdir, "--kill", "--json"]
+        t0 = time.monotonic()
+        c = subprocess.run(cmd, capture_output=True, close_fds=True, timeout=args.timeout, env=env)
+        r["ckpt_wall_s"] = time.monotonic() - t0
+        if c.returncode != 0:
+            raise Failure(f"checkpoint failed (exit status {c.returncode})", " ".join(cmd),
+                          (c.stdout + c.stderr).decode(errors="replace"))
+        try:
+            summary = json.loads(c.stdout)
+        except ValueError:
+            raise Failure("checkpoint --json printed no JSON", " ".join(cmd),
+                          (c.stdout + c.stderr).decode(errors="replace"))
+        r["ckpt_reported_s"] = summary.get("seconds")
+        r["stopped_s"] = summary.get("stopped_seconds")
+        r["generation"] = summary.get("generation")
+        gen_dir = summary.get("path") or ""
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            raise Failure("the job was still running 10 s after `checkpoint --kill` returned",
+                          " ".join(cmd))
+        r["launch_exit"] = p.returncode
+        last_before_kill = max([tick_of(l) or 0 for _, l in lines.all] + [0])
+        lines.t.join(2)
+        if any(l.startswith("FAIL") for _, l in lines.all):
+            raise Failure("the program reported FAIL before the restart",
+                          output="\n".join(l for _, l in lines.all[-10:]))
+        reg.kill_proc(p)
+        app, alloc = dir_bytes(gen_dir) if os.path.isdir(gen_dir) else (None, None)
+        r["image_bytes"] = summary.get("bytes") if summary.get("bytes") is not None else app
+        r["gen_dir_bytes"], r["gen_dir_alloc_bytes"] = app, alloc
+        # The restart happens as in a new job: no coordinator left from the launch.
+        stop_coordinator(reg, ckdir, ckpt)
+        if args.cold:
+            drop_cache(gen_dir)
+        # 4. restart, timed until the program prints its first new tick
+        cmd = [ckpt, "restart", ckdir]
+        spawn_wall = time.time()
+        t0 = time.monotonic()
+        q = reg.popen(cmd, stdout=subprocess.PIPE, stderr=restart_err, env=env)
+        rl = Lines(q.stdout)
+        try:
+            first, first_t, seen = wait_ticks(rl, 1, t0 + args.timeout, None, "restarted program")
+        except Failure as f:
+            q.poll()
+            f.command = " ".join(cmd)
+            restart_err.flush()
+            f.output = (f.output or "") + "\n[stderr] " + open(ckdir + ".restart.err",
+                                                              errors="replace").read()
+            raise
+        r["restart_s"] = first_t - t0
+        for e in read_events(ckdir):
+            if e.get("event") == "process_joined" and e.get("restored_from") is not None:
+                r["restart_joined_s"] = e["time"] - spawn_wall
+                if e.get("real_pid") and e["real_pid"] != q.pid:
+                    reg.extra_pids.add(e["real_pid"])
+        r["tick_at_request"], r["tick_last_before_kill"] = pre_tick, last_before_kill
+        r["tick_first_after_restart"] = first
+        # 5. verify it continues from the checkpoint: not from the start, not from the future
+        if not (first > 1 and pre_tick <= first <= last_before_kill + 1):
+            raise Failure(f"restarted program did not continue from the checkpoint: first tick "
+                          f"{first}, ticks before the checkpoint request {pre_tick}, before "
+                          f"the kill {last_before_kill}", " ".join(cmd), "\n".join(seen))
+        more, _, seen2 = wait_ticks(rl, max(3, wl["verify_ticks"]),
+                                    time.monotonic() + args.timeout, None, "restarted program")
+        if more <= first:
+            raise Failure("ticks do not advance after restart", " ".join(cmd), "\n".join(seen2))
+        r["ok"] = True
+        reg.kill_proc(q)
+    except Failure as f:
+        r["error"] = f.what
+        if f.command:
+            r["command"] = f.command
+        if f.output:
+            r["output"] = f.output[-4000:]
+        launch_err.flush()
+        try:
+            r["launch_stderr"] = open(ckdir + ".launch.err", errors="replace").read()[-2000:]
+            r["restart_stderr"] = open(ckdir + ".restart.err", errors="replace").read()[-2000:]
+        except OSError:
+            pass
+        events = read_events(ckdir)
+        if events:
+            r["events"] = events[-8:]
+    finally:
+        launch_err.close()
+        restart_err.close()
+        for pr in list(reg.procs):
+            reg.kill_proc(pr)
+        for pid in list(reg.extra_pids):
+            kill_pid(pid)
+            reg.extra_pids.discard(pid)
+        stop_coordinator(reg, ckdir, ckpt)
+        if ckdir in reg.ckpt_dirs:
+            reg.ckpt_dirs.remove(ckdir)
+        if not args.keep:
+            shutil.rmtree(ckdir, ignore_errors=True)
+        for f in (ckdir + ".launch.err", ckdir + ".restart.err"):
+            try:
+                os.unlink(f)
+            except OSError:
+                pass
+    return r
+
+
+# ----------------------------------------------------------------------------------------
+# References: dd, runtime overhead
+
+
+def dd_run(base, mib, direct=False):
+    """dd of mib MiB of zeros to the checkpoint file system, through the page cache + fsync
+    (what ckpt does today), or with O_DIRECT (what the disk itself can do)."""
+    path = os.path.join(base, "dd.tmp")
+    subprocess.run(["sync"], check=True)
+    mode = ["bs=4M", f"count={max(1, mib // 4)}", "oflag=direct"] if direct else \
+        ["bs=1M", f"count={mib}"]
+    t0 = time.monotonic()
+    d = subprocess.run(["dd", "if=/dev/zero", f"of={path}"] + mode + ["conv=fsync"],
+                       capture_output=True, close_fds=True)
+    dt = time.monotonic() - t0
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    if d.returncode != 0:
+        return {"ok": False, "error": d.stderr.decode(errors="replace")}
+    return {"ok": True, "seconds": dt, "bytes": mib * MIB}
+
+
+def vm_status(pid):
+    out = {}
+    try:
+        for l in open(f"/proc/{pid}/status"):
+            k, _, v = l.partition(":")
+            if k in ("VmRSS", "RssAnon", "RssFile", "Threads"):
+                out[k] = int(v.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+def overhead_run(reg, ckpt, bindir, base, mib, with_runtime, args):
+    """Time of mem's fill+checksum loop (self-reported) and spawn->ready, with/without the
+    runtime."""
+    prog = [os.path.join(bindir, "mem"), str(mib)]
+    ckdir = os.path.join(base, f"ovh-{int(with_runtime)}")
+    cmd = ([ckpt, "launch", "--ckpt-dir", ckdir, "--"] + prog) if with_runtime else prog
+    if with_runtime:
+        reg.ckpt_dirs.append(ckdir)
+    t0 = time.monotonic()
+    p = reg.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    lines = Lines(p.stdout)
+    res = {"with_runtime": with_runtime}
+    try:
+        while True:
+            t, line = lines.next(t0 + args.timeout)
+            if line is None:
+                res["error"] = "exited before ready"
+                break
+            if line.startswith("ready"):
+                res["self_s"] = float(line.split()[1])
+                res["compute_s"] = float(line.split()[2])
+                res["spawn_to_ready_s"] = t - t0
+                break
+    except TimeoutError:
+        res["error"] = "timeout"
+    reg.kill_proc(p)
+    if with_runtime:
+        stop_coordinator(reg, ckdir, ckpt)
+        reg.ckpt_dirs.remove(ckdir)
+        shutil.rmtree(ckdir, ignore_errors=True)
+    return res
+
+
+def rss_run(reg, ckpt, bindir, base, with_runtime, args):
+    prog = [os.path.join(bindir, "tiny")]
+    ckdir = os.path.join(base, f"rss-{int(with_runtime)}")
+    cmd = ([ckpt, "launch", "--ckpt-dir", ckdir, "--"] + prog) if with_runtime else prog
+    if with_runtime:
+        reg.ckpt_dirs.append(ckdir)
+    p = reg.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    lines = Lines(p.stdout)
+    res = {"with_runtime": with_runtime}
+    try:
+        wait_ticks(lines, 10, time.monotonic() + args.timeout)
+        res.update(vm_status(p.pid))
+        if with_runtime:
+            cp = coordinator_pid(ckdir)
+            if cp:
+                res["coordinator"] = vm_status(cp)
+    except Failure as f:
+        res["error"] = f.what
+    reg.kill_proc(p)
+    if with_runtime:
+        stop_coordinator(reg, ckdir, ckpt)
+        reg.ckpt_dirs.remove(ckdir)
+        shutil.rmtree(ckdir, ignore_errors=True)
+    return res
+
+
+# ----------------------------------------------------------------------------------------
+# Machine, statistics, output
+
+
+def machine():
+    m = {"kernel": platform.release(), "nproc": os.cpu_count(), "python": platform.python_version()}
+    try:
+        for l in open("/proc/cpuinfo"):
+            if l.startswith("model name"):
+                m["cpu"] = l.split(":", 1)[1].strip()
+                break
+        for l in open("/proc/meminfo"):
+            if l.startswith("MemTotal"):
+                m["mem_gib"] = round(int(l.split()[1]) / 1024 / 1024, 1)
+        m["loadavg_start"] = open("/proc/loadavg").read().split()[:3]
+    except OSError:
+        pass
+    return m
+
+
+def fs_of(path):
+    best = ("", "?", "?")
+    try:
+        for l in open("/proc/mounts"):
+            dev, mnt, typ = l.split()[:3]
+            if path.startswith(mnt) and len(mnt) >= len(best[0]):
+                best = (mnt, dev, typ)
+    except OSError:
+        pass
+    return {"mount": best[0], "device": best[1], "fstype": best[2]}
+
+
+def stats(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def fmt_s(st, ms=False):
+    if not st:
+        return "–"
+    scale, unit, digits = (1000, "ms", 1) if ms else (1, "s", 3)
+    f = lambda v: f"{v * scale:.{digits}f}"
+    if st["n"] == 1:
+        return f"{f(st['median'])} {unit}"
+    return f"{f(st['median'])} {unit} [{f(st['min'])}–{f(st['max'])}]"
+
+
+def fmt_bytes(b):
+    if b is None:
+        return "–"
+    if b >= 1024 * MIB:
+        return f"{b / 1024 / MIB:.2f} GiB"
+    if b >= MIB:
+        return f"{b / MIB:.1f} MiB"
+    return f"{b / 1024:.0f} KiB"
+
+
+def summarize(results):
+    s = {"machine": results["machine"], "workloads": {}}
+    for wl, runs in results["runs"].items():
+        ok = [r for r in runs if r.get("ok")]
+        s["workloads"][wl] = {
+            "runs": len(runs),
+            "ok": len(ok),
+            "ckpt_wall_s": stats([r.get("ckpt_wall_s") for r in ok]),
+            "ckpt_reported_s": stats([r.get("ckpt_reported_s") for r in ok]),
+            "stopped_s": stats([r.get("stopped_s") for r in ok]),
+            "restart_s": stats([r.get("restart_s") for r in ok]),
+            "restart_joined_s": stats([r.get("restart_joined_s") for r in ok]),
+            "launch_joined_s": stats([r.get("join_s") for r in runs]),
+            "image_bytes": stats([r.get("image_bytes") for r in ok]),
+            "image_alloc_bytes": stats([r.get("gen_dir_alloc_bytes") for r in ok]),
+        }
+    s["dd"] = stats([d["seconds"] for d in results["dd"] if d.get("ok")])
+    s["dd_direct"] = stats([d["seconds"] for d in results.get("dd_direct", []) if d.get("ok")])
+    # ckpt/dd ratio per round (same minute, same noise), for every memNg workload
+    s["ratio_per_round"] = {}
+    for wl, runs in results["runs"].items():
+        if not wl.startswith("mem"):
+            continue
+        mib = workload(wl)["mib"]
+        rr = [r["ckpt_wall_s"] / (d["seconds"] * mib / results["args"]["dd_mib"])
+              for r, d in zip(runs, results["dd"]) if r.get("ok") and d.get("ok")]
+        s["ratio_per_round"][wl] = stats(rr)
+    o = results["overhead"]
+    on = stats([x.get("self_s") for x in o if x["with_runtime"]])
+    off = stats([x.get("self_s") for x in o if not x["with_runtime"]])
+    con = stats([x.get("compute_s") for x in o if x["with_runtime"]])
+    coff = stats([x.get("compute_s") for x in o if not x["with_runtime"]])
+    s["overhead"] = {
+        "checksum_with_s": con, "checksum_without_s": coff,
+        "checksum_ratio": (con["median"] / coff["median"]) if con and coff else None,
+        "compute_with_s": on, "compute_without_s": off,
+        "ratio": (on["median"] / off["median"]) if on and off else None,
+        "ready_with_s": stats([x.get("spawn_to_ready_s") for x in o if x["with_runtime"]]),
+        "ready_without_s": stats([x.get("spawn_to_ready_s") for x in o if not x["with_runtime"]]),
+    }
+    rs = results["rss"]
+    on = stats([x.get("VmRSS") for x in rs if x["with_runtime"]])
+    off = stats([x.get("VmRSS") for x in rs if not x["with_runtime"]])
+    s["rss"] = {
+        "with_kib": on, "without_kib": off,
+        "extra_kib": (on["median"] - off["median"]) if on and off else None,
+        "threads_with": stats([x.get("Threads") for x in rs if x["with_runtime"]]),
+        "coordinator_kib": stats([x.get("coordinator", {}).get("VmRSS") for x in rs
+                                  if x["with_runtime"]]),
+    }
+    return s
+
+
+def markdown(results, s):
+    m = s["machine"]
+    out = []
+    out.append(f"ckpt benchmark, {results['date']} — {m.get('cpu', '?')} × {m.get('nproc')}, "
+               f"{m.get('mem_gib')} GiB RAM, kernel {m.get('kernel')}; checkpoint dir on "
+               f"{results['fs']['device']} ({results['fs']['fstype']}); "
+               f"{results['args']['runs']} runs{' (cold cache restart)' if results['args']['cold'] else ''}; "
+               f"loadavg {' '.join(m.get('loadavg_start', []))} → {' '.join(results.get('loadavg_end', []))}")
+    out.append("")
+    out.append("Median [min–max]. checkpoint = wall time of `ckpt checkpoint --kill --json` "
+               "(image durable); stopped = time the program was stopped (reported by ckpt); "
+               "restart = spawn of `ckpt restart` until the program's first new output line.")
+    out.append("")
+    out.append("| workload | ok/runs | checkpoint | stopped | restart | image | targets |")
+    out.append("|---|---|---|---|---|---|---|")
+    dd = s["dd"]
+    for wl, w in s["workloads"].items():
+        notes = []
+        if wl == "tiny" and w["ok"]:
+            notes.append("ckpt ≤ 50 ms " + ("✓" if w["ckpt_wall_s"]["median"] <= TARGETS["tiny_ckpt_s"] else "✗"))
+            notes.append("restart ≤ 50 ms " + ("✓" if w["restart_s"]["median"] <= TARGETS["tiny_restart_s"] else "✗"))
+            notes.append("image ≤ 1 MiB " + ("✓" if w["image_bytes"]["median"] <= TARGETS["tiny_image_bytes"] else "✗"))
+        if w["ok"] and w["stopped_s"]:
+            notes.append("stopped ≤ 50 ms " + ("✓" if w["stopped_s"]["median"] <= TARGETS["stopped_s"] else "✗"))
+        if wl.startswith("mem") and w["ok"] and dd:
+            mib = workload(wl)["mib"]
+            ref = dd["median"] * mib / results["args"]["dd_mib"]
+            ratio = w["ckpt_wall_s"]["median"] / ref
+            rr = s["ratio_per_round"].get(wl)
+            per = (f", per round {rr['median']:.2f}× [{rr['min']:.2f}–{rr['max']:.2f}]"
+                   if rr and rr["n"] > 1 else "")
+            notes.append(f"ckpt = {ratio:.2f}× dd (medians{per})" +
+                         ((" ≤ 1.5× ✓" if ratio <= 1.5 else " ≤ 1.5× ✗") if mib == 1024 else ""))
+            if s["dd_direct"]:
+                notes.append(f"{w['ckpt_wall_s']['median'] / (s['dd_direct']['median'] * mib / results['args']['dd_mib']):.2f}× dd O_DIRECT")
+        img = fmt_bytes(w["image_bytes"]["median"]) if w["image_bytes"] else "–"
+        if w["image_alloc_bytes"] and w["image_bytes"] and \
+                abs(w["image_alloc_bytes"]["median"] - w["image_bytes"]["median"]) > MIB:
+            img += f" ({fmt_bytes(w['image_alloc_bytes']['median'])} on disk)"
+        out.append(f"| {wl} | {w['ok']}/{w['runs']} | {fmt_s(w['ckpt_wall_s'])} | "
+                   f"{fmt_s(w['stopped_s'], ms=True)} | {fmt_s(w['restart_s'])} | {img} | "
+                   f"{'; '.join(notes)} |")
+    if dd:
+        out.append(f"| dd {fmt_bytes(results['args']['dd_mib'] * MIB)} (zeros, conv=fsync, same fs) | "
+                   f"{dd['n']} | {fmt_s(dd)} | | | {fmt_bytes(results['args']['dd_mib'] * MIB)} | reference |")
+    ddd = s["dd_direct"]
+    if ddd:
+        out.append(f"| dd {fmt_bytes(results['args']['dd_mib'] * MIB)} (zeros, O_DIRECT bs=4M, same fs) | "
+                   f"{ddd['n']} | {fmt_s(ddd)} | | | {fmt_bytes(results['args']['dd_mib'] * MIB)} | "
+                   f"what the disk does without the page cache |")
+    out.append("")
+    js = [f"{wl} {fmt_s(w['launch_joined_s'], ms=True)}" for wl, w in s["workloads"].items()
+          if w.get("launch_joined_s")]
+    if js:
+        out.append("Spawn of `ckpt launch` → the program's runtime joined its coordinator: "
+                   + ", ".join(js) + ".")
+    o, r = s["overhead"], s["rss"]
+    if o["ratio"]:
+        out.append(f"Runtime overhead: mem {results['args']['overhead_mib']} MiB fill+checksum loop "
+                   f"{fmt_s(o['compute_with_s'])} with the runtime vs {fmt_s(o['compute_without_s'])} "
+                   f"without (ratio of medians {o['ratio']:.3f}); spawn→ready "
+                   f"{fmt_s(o['ready_with_s'])} vs {fmt_s(o['ready_without_s'])}.")
+    if o.get("checksum_ratio"):
+        out.append(f"Compute loop alone (mem's checksum pass over its resident buffer, no page "
+                   f"faults): {fmt_s(o['checksum_with_s'])} with the runtime vs "
+                   f"{fmt_s(o['checksum_without_s'])} without (ratio of medians "
+                   f"{o['checksum_ratio']:.3f}).")
+    if r["extra_kib"] is not None:
+        out.append(f"Resident memory of `tiny`: {r['with_kib']['median'] / 1024:.2f} MiB under "
+                   f"`ckpt launch` vs {r['without_kib']['median'] / 1024:.2f} MiB alone "
+                   f"(runtime +{r['extra_kib'] / 1024:.2f} MiB, "
+                   f"{int(r['threads_with']['median'])} threads); coordinator "
+                   f"{(r['coordinator_kib'] or {'median': 0})['median'] / 1024:.2f} MiB.")
+    fails = [x for runs in results["runs"].values() for x in runs if not x.get("ok")]
+    if fails:
+        out.append("")
+        out.append(f"**{len(fails)} failed run(s)** (details in the JSON output):")
+        for x in fails:
+            out.append(f"- {x['workload']}: {x.get('error')}" +
+                       (f" — `{x['command']}`" if x.get("command") else ""))
+    out.append("")
+    out.append("Peers measured on this VM (peers.md; other runs, so compare ratios loosely): "
+               "tiny DMTCP 0.41 s / 0.21 s / 22 MiB, CRIU 0.043 s / 0.021 s / 0.12 MiB; "
+               "1 GiB random DMTCP 2.47 s / 0.74 s, CRIU 1.05 s / 0.84 s (checkpoint / restart / image).")
+    return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------------------
+
+
+def build_programs(bindir, names):
+    for n in sorted(set(names)):
+        src = os.path.join(HERE, "programs", n + ".c")
+        subprocess.run(["cc", "-O2", "-pthread", "-o", os.path.join(bindir, n), src], check=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(
+        description="Benchmark ckpt: checkpoint/stopped/restart time and image size per "
+                    "workload, dd reference, runtime overhead. Prints a markdown table.")
+    ap.add_argument("--workloads", default="tiny,threads4,mem1g,sparse8g",
+                    help="comma-separated: tiny, threads4, memNg / memNm (N GiB/MiB of random "
+                         "data), sparse8g (default: %(default)s)")
+    ap.add_argument("--runs", type=int, default=5, help="cycles per workload (default 5)")
+    ap.add_argument("--dir", help="base for checkpoint dirs (default: a temp dir under "
+                                  "<repo>/target, i.e. on the repository's file system)")
+    ap.add_argument("--json", metavar="OUT", help="write raw runs and summary as JSON")
+    ap.add_argument("--markdown", metavar="OUT", help="also write the markdown table here")
+    ap.add_argument("--ckpt", default=os.path.join(REPO, "target", "release", "ckpt"),
+                    help="ckpt binary (default: %(default)s)")
+    ap.add_argument("--dd-mib", type=int, default=1024, help="MiB written by the dd reference")
+    ap.add_argument("--no-dd", action="store_true", help="skip the dd reference")
+    ap.add_argument("--overhead-mib", type=int, default=512,
+                    help="size of the mem run for the runtime overhead (default 512)")
+    ap.add_argument("--no-overhead", action="store_true", help="skip overhead/RSS measurements")
+    ap.add_argument("--cold", action="store_true",
+                    help="drop the image from the page cache before each restart")
+    ap.add_argument("--no-stage", action="store_true",
+                    help="run the binaries in place instead of a private copy")
+    ap.add_argument("--timeout", type=float, default=120, help="per-step timeout, s")
+    ap.add_argument("--log", help="CKPT_LOG for the runs (e.g. info)")
+    ap.add_argument("--keep", action="store_true", help="keep the checkpoint dirs")
+    args = ap.parse_args()
+
+    ckpt = os.path.abspath(args.ckpt)
+    if not os.access(ckpt, os.X_OK):
+        sys.exit(f"bench.py: {ckpt} not found; run `cargo build --release` first")
+    wls = [workload(w.strip()) for w in args.workloads.split(",") if w.strip()]
+
+    reg = Registry()
+    set_subreaper()
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited as ignored
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+
+    results = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
+               "args": vars(args), "runs": {w["name"]: [] for w in wls}, "dd": [], "dd_direct": [],
+               "overhead": [], "rss": []}
+    try:
+        if args.dir:
+            os.makedirs(args.dir, exist_ok=True)
+            base = tempfile.mkdtemp(prefix="ckpt-bench-", dir=args.dir)
+        else:
+            parent = os.path.join(REPO, "target")
+            base = tempfile.mkdtemp(prefix="ckpt-bench-",
+                                    dir=parent if os.path.isdir(parent) else REPO)
+        reg.dirs.append(base)
+        results["fs"] = fs_of(os.path.realpath(base))
+        results["fs"]["path"] = base
+        bindir = os.path.join(base, "bin")
+        os.mkdir(bindir)
+        if not args.no_stage:
+            # Other people rebuild target/release while we run; a restart refuses an image
+            # whose mapped libckpt.so changed. Run a private copy (ckpt finds libckpt.so and
+            # ckpt-coordinatord next to itself).
+            stage = os.path.join(base, "ckpt-bin")
+            os.mkdir(stage)
+            src = os.path.dirname(ckpt)
+            for f in ("ckpt", "ckpt-coordinatord", "libckpt.so"):
+                shutil.copy2(os.path.join(src, f), os.path.join(stage, f))
+            ckpt = os.path.join(stage, "ckpt")
+        results["ckpt_binary"] = ckpt
+        build_programs(bindir, [w["program"] for w in wls] + ["tiny", "mem"])
+
+        # Interleave: every round runs each workload once, dd once, and one overhead pair.
+        for i in range(args.runs):
+            for w in wls:
+                ckdir = os.path.join(base, f"{w['name']}-{i}")
+                r = one_cycle(reg, ckpt, bindir, w, ckdir, args)
+                results["runs"][w["name"]].append(r)
+                status = "ok" if r["ok"] else "FAILED: " + r.get("error", "")
+                print(f"[{i + 1}/{args.runs}] {w['name']}: ckpt {r.get('ckpt_wall_s', 0):.3f} s, "
+                      f"stopped {1000 * (r.get('stopped_s') or 0):.1f} ms, restart "
+                      f"{r.get('restart_s', 0):.3f} s, image {fmt_bytes(r.get('image_bytes'))} "
+                      f"— {status}", file=sys.stderr, flush=True)
+            if not args.no_dd:
+                d = dd_run(base, args.dd_mib)
+                results["dd"].append(d)
+                dx = dd_run(base, args.dd_mib, direct=True)
+                results["dd_direct"].append(dx)
+                print(f"[{i + 1}/{args.runs}] dd {args.dd_mib} MiB: "
+                      f"{d.get('seconds', float('nan')):.3f} s, O_DIRECT "
+                      f"{dx.get('seconds', float('nan')):.3f} s", file=sys.stderr, flush=True)
+            if not args.no_overhead:
+                for with_rt in ((False, True) if i % 2 == 0 else (True, False)):
+                    results["overhead"].append(
+                        overhead_run(reg, ckpt, bindir, base, args.overhead_mib, with_rt, args))
+                    results["rss"].append(rss_run(reg, ckpt, bindir, base, with_rt, args))
+        try:
+            results["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+        except OSError:
+            pass
+        s = summarize(results)
+        md = markdown(results, s)
+        print(md)
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(md)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"results": results, "summary": s}, f, indent=1)
+        return 0 if all(r.get("ok") for runs in results["runs"].values() for r in runs) else 1
+    except KeyboardInterrupt:
+        print("bench.py: interrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        reg.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
