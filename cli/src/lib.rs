@@ -334,6 +334,17 @@ fn launch(
 }
 
 fn checkpoint(dir: &Path, kill: bool, json: bool) -> anyhow::Result<()> {
+    // A job launched a moment ago may not have joined its coordinator yet: give its
+    // processes a few seconds before concluding there is nothing to checkpoint.
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs(5) {
+        match coord::connect_for(dir)?.status() {
+            Ok(st) if st.processes.is_empty() => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            _ => break,
+        }
+    }
     let mut c = coord::connect_for(dir)?;
     match c.request(&Message::Checkpoint { kill })? {
         Message::CheckpointDone(s) => {

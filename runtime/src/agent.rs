@@ -719,6 +719,7 @@ fn write_image(generation: u64, dir: &str, snap: i32) -> Result<u64, String> {
         .iter()
         .filter_map(|e| memory::classify(e).ok().flatten())
         .collect();
+    stash_runtime(&mut regions);
     let vdso = regions
         .iter()
         .find(|c| matches!(c.region.kind, RegionKind::Vdso))
@@ -958,4 +959,67 @@ fn post_restart() -> Result<(), String> {
     crate::signals::put_back(); // issue 3: process-directed signals with their siginfo
     threads::resume_all();
     Ok(())
+}
+
+/// The runtime library mapped in the program is ckpt's own: upgrading ckpt must not make
+/// existing checkpoints unrestorable. A copy of the library (immutable, one per version)
+/// is kept in the checkpoint directory, and the image maps that copy.
+fn stash_runtime(regions: &mut [Classified]) {
+    use std::os::unix::fs::MetadataExt;
+    let me = stash_runtime as usize as u64;
+    let Some(path) = regions.iter().find_map(|c| match &c.region.kind {
+        RegionKind::File { path, .. } if c.region.start <= me && me < c.region.end => {
+            Some(path.clone())
+        }
+        _ => None,
+    }) else {
+        return;
+    };
+    let Ok(md) = std::fs::metadata(&path) else {
+        return;
+    };
+    let dir = Path::new(&config().ckpt_dir).join("runtime");
+    let stash = dir.join(format!(
+        "libckpt-{}-{}-{}.so",
+        md.size(),
+        md.mtime(),
+        md.ino()
+    ));
+    if !stash.exists() {
+        let tmp = dir.join(format!(".libckpt-{}.tmp", sys::getpid_real()));
+        let copied = std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::copy(&path, &tmp))
+            .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|_| std::fs::rename(&tmp, &stash));
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&tmp);
+            warn!(
+                "cannot keep a copy of the runtime in {}: {e}; restarts need {path} unchanged",
+                dir.display()
+            );
+            return;
+        }
+    }
+    let Ok(smd) = std::fs::metadata(&stash) else {
+        return;
+    };
+    for c in regions.iter_mut() {
+        if let RegionKind::File {
+            path: p,
+            dev,
+            ino,
+            size,
+            mtime_ns,
+            ..
+        } = &mut c.region.kind
+        {
+            if *p == path {
+                *p = stash.to_string_lossy().into_owned();
+                *dev = smd.dev();
+                *ino = smd.ino();
+                *size = smd.size();
+                *mtime_ns = smd.mtime() * 1_000_000_000 + smd.mtime_nsec();
+            }
+        }
+    }
 }
