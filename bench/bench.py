@@ -54,8 +54,14 @@ def parse_size_mib(s):
     return int(m.group(1)) * (1024 if m.group(2) == "g" else 1)
 
 
+def vname(name, label):
+    """Row name of a workload run with the build labelled `label` ("" = the main one)."""
+    return f"{name}@{label}" if label else name
+
+
 def workload(name):
     """name -> dict(program, args, ready, verify_line)"""
+    name = name.split("@")[0]
     if name == "tiny":
         return {"name": name, "program": "tiny", "args": [], "ready": None, "verify_ticks": 3}
     if name == "threads4":
@@ -288,6 +294,65 @@ def drop_cache(d):
 # One checkpoint -> kill -> restart cycle
 
 
+def warm_cache(d):
+    """Reads every file under d, so that a restart finds the image in the page cache."""
+    for root, _, files in os.walk(d):
+        for f in files:
+            with open(os.path.join(root, f), "rb", buffering=0) as fh:
+                while fh.read(8 * MIB):
+                    pass
+
+
+def restart_once(reg, ckpt, ckdir, gen_dir, wl, r, args, env, restart_err, pre_tick,
+                 last_before_kill, mode):
+    """One timed restart of the newest generation with the image's page cache in state
+    `mode` (asis: as the checkpoint left it; cold: dropped; hot: read in first). Returns
+    the seconds until the first new tick; raises Failure."""
+    # The restart happens as in a new job: no coordinator left from the launch.
+    stop_coordinator(reg, ckdir, ckpt)
+    if mode == "cold":
+        drop_cache(gen_dir)
+    elif mode == "hot":
+        warm_cache(gen_dir)
+    cmd = [ckpt, "restart", ckdir]
+    spawn_wall = time.time()
+    t0 = time.monotonic()
+    q = reg.popen(cmd, stdout=subprocess.PIPE, stderr=restart_err, env=env)
+    rl = Lines(q.stdout)
+    try:
+        first, first_t, seen = wait_ticks(rl, 1, t0 + args.timeout, None, "restarted program")
+    except Failure as f:
+        q.poll()
+        f.command = " ".join(cmd)
+        restart_err.flush()
+        f.output = (f.output or "") + "\n[stderr] " + open(ckdir + ".restart.err",
+                                                          errors="replace").read()
+        raise
+    secs = first_t - t0
+    for e in read_events(ckdir):
+        if e.get("event") == "process_joined" and e.get("restored_from") is not None:
+            r.setdefault("restart_joined_s", e["time"] - spawn_wall)
+            if e.get("real_pid") and e["real_pid"] != q.pid:
+                reg.extra_pids.add(e["real_pid"])
+    r.setdefault("tick_first_after_restart", first)
+    if not (first > 1 and pre_tick <= first <= last_before_kill + 1):
+        raise Failure(f"restarted program ({mode} cache) did not continue from the checkpoint: "
+                      f"first tick {first}, ticks before the checkpoint request {pre_tick}, "
+                      f"before the kill {last_before_kill}", " ".join(cmd), "\n".join(seen))
+    more, _, seen2 = wait_ticks(rl, max(3, wl["verify_ticks"]),
+                                time.monotonic() + args.timeout, None, "restarted program")
+    if more <= first:
+        raise Failure("ticks do not advance after restart", " ".join(cmd), "\n".join(seen2))
+    if any(l.startswith("FAIL") for _, l in rl.all):
+        raise Failure(f"the restarted program ({mode} cache) reported FAIL", " ".join(cmd),
+                      "\n".join(l for _, l in rl.all[-10:]))
+    reg.kill_proc(q)
+    for pid in list(reg.extra_pids):
+        kill_pid(pid)
+        reg.extra_pids.discard(pid)
+    return secs
+
+
 def one_cycle(reg, ckpt, bindir, wl, ckdir, args):
     r = {"workload": wl["name"], "ok": False}
     prog = [os.path.join(bindir, wl["program"])] + wl["args"]
@@ -356,44 +421,17 @@ def one_cycle(reg, ckpt, bindir, wl, ckdir, args):
         app, alloc = dir_bytes(gen_dir) if os.path.isdir(gen_dir) else (None, None)
         r["image_bytes"] = summary.get("bytes") if summary.get("bytes") is not None else app
         r["gen_dir_bytes"], r["gen_dir_alloc_bytes"] = app, alloc
-        # The restart happens as in a new job: no coordinator left from the launch.
-        stop_coordinator(reg, ckdir, ckpt)
-        if args.cold:
-            drop_cache(gen_dir)
-        # 4. restart, timed until the program prints its first new tick
-        cmd = [ckpt, "restart", ckdir]
-        spawn_wall = time.time()
-        t0 = time.monotonic()
-        q = reg.popen(cmd, stdout=subprocess.PIPE, stderr=restart_err, env=env)
-        rl = Lines(q.stdout)
-        try:
-            first, first_t, seen = wait_ticks(rl, 1, t0 + args.timeout, None, "restarted program")
-        except Failure as f:
-            q.poll()
-            f.command = " ".join(cmd)
-            restart_err.flush()
-            f.output = (f.output or "") + "\n[stderr] " + open(ckdir + ".restart.err",
-                                                              errors="replace").read()
-            raise
-        r["restart_s"] = first_t - t0
-        for e in read_events(ckdir):
-            if e.get("event") == "process_joined" and e.get("restored_from") is not None:
-                r["restart_joined_s"] = e["time"] - spawn_wall
-                if e.get("real_pid") and e["real_pid"] != q.pid:
-                    reg.extra_pids.add(e["real_pid"])
         r["tick_at_request"], r["tick_last_before_kill"] = pre_tick, last_before_kill
-        r["tick_first_after_restart"] = first
-        # 5. verify it continues from the checkpoint: not from the start, not from the future
-        if not (first > 1 and pre_tick <= first <= last_before_kill + 1):
-            raise Failure(f"restarted program did not continue from the checkpoint: first tick "
-                          f"{first}, ticks before the checkpoint request {pre_tick}, before "
-                          f"the kill {last_before_kill}", " ".join(cmd), "\n".join(seen))
-        more, _, seen2 = wait_ticks(rl, max(3, wl["verify_ticks"]),
-                                    time.monotonic() + args.timeout, None, "restarted program")
-        if more <= first:
-            raise Failure("ticks do not advance after restart", " ".join(cmd), "\n".join(seen2))
+        # 4. restart (once per page-cache state asked for), timed until the program prints
+        # its first new tick; 5. verify it continued from the checkpoint.
+        r["restart_cache_s"] = {}
+        for k, mode in enumerate(args.restart_cache):
+            s_ = restart_once(reg, ckpt, ckdir, gen_dir, wl, r, args, env, restart_err,
+                              pre_tick, last_before_kill, mode)
+            r["restart_cache_s"][mode] = s_
+            if k == 0:
+                r["restart_s"] = s_
         r["ok"] = True
-        reg.kill_proc(q)
     except Failure as f:
         r["error"] = f.what
         if f.command:
@@ -595,6 +633,8 @@ def summarize(results):
             "ckpt_reported_s": stats([r.get("ckpt_reported_s") for r in ok]),
             "stopped_s": stats([r.get("stopped_s") for r in ok]),
             "restart_s": stats([r.get("restart_s") for r in ok]),
+            "restart_cache_s": {m: stats([(r.get("restart_cache_s") or {}).get(m) for r in ok])
+                                for m in results["args"]["restart_cache"]},
             "restart_joined_s": stats([r.get("restart_joined_s") for r in ok]),
             "launch_joined_s": stats([r.get("join_s") for r in runs]),
             "image_bytes": stats([r.get("image_bytes") for r in ok]),
@@ -637,21 +677,59 @@ def summarize(results):
     return s
 
 
+def per_round_ratio(a_runs, b_runs, key, sub=None):
+    """Median [min-max] of a/b over the rounds where both runs worked."""
+    def get(r):
+        v = r.get(key)
+        return v.get(sub) if (sub and isinstance(v, dict)) else v
+    rr = [get(a) / get(b) for a, b in zip(a_runs, b_runs)
+          if a.get("ok") and b.get("ok") and get(a) and get(b)]
+    return stats(rr)
+
+
+def compare_lines(results, s):
+    """Ratios of the main build to every --compare build, same rounds."""
+    out = []
+    runs = results["runs"]
+    for name in runs:
+        if "@" not in name:
+            continue
+        main, label = name.split("@", 1)
+        if main not in runs:
+            continue
+        parts = []
+        for what, key, sub in [("checkpoint", "ckpt_wall_s", None)] + [
+                (f"restart ({m})", "restart_cache_s", m) for m in results["args"]["restart_cache"]]:
+            st = per_round_ratio(runs[main], runs[name], key, sub)
+            if st:
+                parts.append(f"{what} {st['median']:.2f}× [{st['min']:.2f}–{st['max']:.2f}]")
+        if parts:
+            out.append(f"- **{main}**, this build / `{label}` (per round, median [min–max]): "
+                       + ", ".join(parts))
+    if out:
+        out.insert(0, "Against the other builds, measured in the same rounds:")
+        out.insert(1, "")
+    return out
+
+
 def markdown(results, s):
     m = s["machine"]
     out = []
     out.append(f"ckpt benchmark, {results['date']} — {m.get('cpu', '?')} × {m.get('nproc')}, "
                f"{m.get('mem_gib')} GiB RAM, kernel {m.get('kernel')}; checkpoint dir on "
                f"{results['fs']['device']} ({results['fs']['fstype']}); "
-               f"{results['args']['runs']} runs{' (cold cache restart)' if results['args']['cold'] else ''}; "
+               f"{results['args']['runs']} runs; restart from the image's page cache: "
+               f"{', '.join(results['args']['restart_cache'])}; "
                f"loadavg {' '.join(m.get('loadavg_start', []))} → {' '.join(results.get('loadavg_end', []))}")
     out.append("")
     out.append("Median [min–max]. checkpoint = wall time of `ckpt checkpoint --kill --json` "
                "(image durable); stopped = time the program was stopped (reported by ckpt); "
                "restart = spawn of `ckpt restart` until the program's first new output line.")
     out.append("")
-    out.append("| workload | ok/runs | checkpoint | stopped | restart | image | targets |")
-    out.append("|---|---|---|---|---|---|---|")
+    modes = results["args"]["restart_cache"]
+    rcols = " | ".join(f"restart ({m})" for m in modes)
+    out.append(f"| workload | ok/runs | checkpoint | stopped | {rcols} | image | targets |")
+    out.append("|---|---|---|---|" + "---|" * len(modes) + "---|---|")
     dd = s["dd"]
     for wl, w in s["workloads"].items():
         notes = []
@@ -677,17 +755,25 @@ def markdown(results, s):
                 abs(w["image_alloc_bytes"]["median"] - w["image_bytes"]["median"]) > MIB:
             img += f" ({fmt_bytes(w['image_alloc_bytes']['median'])} on disk)"
         out.append(f"| {wl} | {w['ok']}/{w['runs']} | {fmt_s(w['ckpt_wall_s'])} | "
-                   f"{fmt_s(w['stopped_s'], ms=True)} | {fmt_s(w['restart_s'])} | {img} | "
+                   f"{fmt_s(w['stopped_s'], ms=True)} | "
+                   + " | ".join(fmt_s(w["restart_cache_s"].get(m)) for m in modes)
+                   + f" | {img} | "
                    f"{'; '.join(notes)} |")
     if dd:
         out.append(f"| dd {fmt_bytes(results['args']['dd_mib'] * MIB)} (zeros, conv=fsync, same fs) | "
-                   f"{dd['n']} | {fmt_s(dd)} | | | {fmt_bytes(results['args']['dd_mib'] * MIB)} | reference |")
+                   f"{dd['n']} | {fmt_s(dd)} | |" + " |" * len(modes)
+                   + f" {fmt_bytes(results['args']['dd_mib'] * MIB)} | reference |")
     ddd = s["dd_direct"]
     if ddd:
         out.append(f"| dd {fmt_bytes(results['args']['dd_mib'] * MIB)} (zeros, O_DIRECT bs=4M, same fs) | "
-                   f"{ddd['n']} | {fmt_s(ddd)} | | | {fmt_bytes(results['args']['dd_mib'] * MIB)} | "
+                   f"{ddd['n']} | {fmt_s(ddd)} | |" + " |" * len(modes)
+                   + f" {fmt_bytes(results['args']['dd_mib'] * MIB)} | "
                    f"what the disk does without the page cache |")
     out.append("")
+    cmp_lines = compare_lines(results, s)
+    if cmp_lines:
+        out.extend(cmp_lines)
+        out.append("")
     js = [f"{wl} {fmt_s(w['launch_joined_s'], ms=True)}" for wl, w in s["workloads"].items()
           if w.get("launch_joined_s")]
     if js:
@@ -753,13 +839,36 @@ def main():
                     help="size of the mem run for the runtime overhead (default 512)")
     ap.add_argument("--no-overhead", action="store_true", help="skip overhead/RSS measurements")
     ap.add_argument("--cold", action="store_true",
-                    help="drop the image from the page cache before each restart")
+                    help="drop the image from the page cache before each restart "
+                         "(same as --restart-cache cold)")
+    ap.add_argument("--restart-cache", default=None, metavar="MODES",
+                    help="comma-separated page-cache states of the image to restart from, each "
+                         "a timed restart of the same checkpoint: asis (as the checkpoint left "
+                         "it), cold (dropped), hot (read in first); the first one is the "
+                         "table's restart column (default: asis)")
+    ap.add_argument("--compare", action="append", default=[], metavar="LABEL=CKPT",
+                    help="also run every workload with another ckpt build (e.g. "
+                         "before=/tmp/old/target/release/ckpt), interleaved in the same rounds; "
+                         "its rows are named WORKLOAD@LABEL")
     ap.add_argument("--no-stage", action="store_true",
                     help="run the binaries in place instead of a private copy")
     ap.add_argument("--timeout", type=float, default=120, help="per-step timeout, s")
     ap.add_argument("--log", help="CKPT_LOG for the runs (e.g. info)")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoint dirs")
     args = ap.parse_args()
+    modes = args.restart_cache or ("cold" if args.cold else "asis")
+    args.restart_cache = [m.strip() for m in modes.split(",") if m.strip()]
+    if not args.restart_cache or any(m not in ("asis", "cold", "hot") for m in args.restart_cache):
+        sys.exit(f"bench.py: --restart-cache takes asis, cold and/or hot, not {modes!r}")
+    builds = [("", os.path.abspath(args.ckpt))]
+    for c in args.compare:
+        label, _, path = c.partition("=")
+        if not label or not path or "@" in label:
+            sys.exit(f"bench.py: --compare LABEL=CKPT, not {c!r}")
+        builds.append((label, os.path.abspath(path)))
+    for _, b in builds:
+        if not os.access(b, os.X_OK):
+            sys.exit(f"bench.py: {b} not found; run `cargo build --release` first")
 
     ckpt = os.path.abspath(args.ckpt)
     if not os.access(ckpt, os.X_OK):
@@ -777,7 +886,8 @@ def main():
     signal.signal(signal.SIGHUP, on_term)
 
     results = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
-               "args": vars(args), "runs": {w["name"]: [] for w in wls}, "dd": [], "dd_direct": [],
+               "args": vars(args), "runs": {vname(w["name"], l): [] for w in wls for l, _ in builds},
+               "dd": [], "dd_direct": [],
                "overhead": [], "rss": []}
     try:
         if args.dir:
@@ -792,30 +902,41 @@ def main():
         results["fs"]["path"] = base
         bindir = os.path.join(base, "bin")
         os.mkdir(bindir)
-        if not args.no_stage:
+        staged = []
+        for label, b in builds:
+            if args.no_stage:
+                staged.append((label, b))
+                continue
             # Other people rebuild target/release while we run; a restart refuses an image
             # whose mapped libckpt.so changed. Run a private copy (ckpt finds libckpt.so and
             # ckpt-coordinatord next to itself).
-            stage = os.path.join(base, "ckpt-bin")
+            stage = os.path.join(base, "ckpt-bin" + (f"-{label}" if label else ""))
             os.mkdir(stage)
-            src = os.path.dirname(ckpt)
+            src = os.path.dirname(b)
             for f in ("ckpt", "ckpt-coordinatord", "libckpt.so"):
                 shutil.copy2(os.path.join(src, f), os.path.join(stage, f))
-            ckpt = os.path.join(stage, "ckpt")
+            staged.append((label, os.path.join(stage, "ckpt")))
+        ckpt = staged[0][1]
+        results["builds"] = {(label or "current"): b for label, b in staged}
         results["ckpt_binary"] = ckpt
         build_programs(bindir, [w["program"] for w in wls] + ["tiny", "mem"])
 
         # Interleave: every round runs each workload once, dd once, and one overhead pair.
         for i in range(args.runs):
             for w in wls:
-                ckdir = os.path.join(base, f"{w['name']}-{i}")
-                r = one_cycle(reg, ckpt, bindir, w, ckdir, args)
-                results["runs"][w["name"]].append(r)
-                status = "ok" if r["ok"] else "FAILED: " + r.get("error", "")
-                print(f"[{i + 1}/{args.runs}] {w['name']}: ckpt {r.get('ckpt_wall_s', 0):.3f} s, "
-                      f"stopped {1000 * (r.get('stopped_s') or 0):.1f} ms, restart "
-                      f"{r.get('restart_s', 0):.3f} s, image {fmt_bytes(r.get('image_bytes'))} "
-                      f"— {status}", file=sys.stderr, flush=True)
+                for label, bckpt in staged:
+                    name = vname(w["name"], label)
+                    ckdir = os.path.join(base, f"{name.replace('@', '-')}-{i}")
+                    r = one_cycle(reg, bckpt, bindir, w, ckdir, args)
+                    r["workload"] = name
+                    results["runs"][name].append(r)
+                    status = "ok" if r["ok"] else "FAILED: " + r.get("error", "")
+                    rc = r.get("restart_cache_s") or {}
+                    rs = ", ".join(f"{m} {v:.3f} s" for m, v in rc.items()) or "–"
+                    print(f"[{i + 1}/{args.runs}] {name}: ckpt {r.get('ckpt_wall_s', 0):.3f} s, "
+                          f"stopped {1000 * (r.get('stopped_s') or 0):.1f} ms, restart {rs}, "
+                          f"image {fmt_bytes(r.get('image_bytes'))} — {status}",
+                          file=sys.stderr, flush=True)
             if not args.no_dd:
                 d = dd_run(base, args.dd_mib)
                 results["dd"].append(d)

@@ -3,7 +3,10 @@
 //! `status` and by `restart`.
 
 use anyhow::{bail, Context};
-use ckpt_protocol::{read_msg, write_msg, Message, Role, Status, PROTOCOL_VERSION};
+use ckpt_protocol::auth::{self, client_handshake};
+use ckpt_protocol::{read_msg, write_msg, Message, Role, Status, ADDR_FILE};
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -133,9 +136,108 @@ pub fn new_socket_path(dir: &Path) -> PathBuf {
     PathBuf::from(format!("/tmp/ckpt-{uid}/{h:016x}.sock"))
 }
 
+/// Where a coordinator listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    /// `HOST:PORT`
+    Tcp(String),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "{}", p.display()),
+            Endpoint::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+impl Endpoint {
+    /// `tcp:HOST:PORT`, `unix:PATH` or a plain path.
+    pub fn parse(text: &str) -> Endpoint {
+        let t = text.trim();
+        if let Some(a) = t.strip_prefix("tcp:") {
+            Endpoint::Tcp(a.to_string())
+        } else {
+            Endpoint::Unix(PathBuf::from(t.strip_prefix("unix:").unwrap_or(t)))
+        }
+    }
+}
+
+/// The addresses to try for the coordinator of `dir`, in order: `$CKPT_COORD` alone when
+/// set; else the UNIX socket ([`socket_for`]) and then the TCP address in
+/// `DIR/coordinator.addr` (a job on several hosts, seen from another host).
+pub fn endpoints_for(dir: &Path) -> Vec<Endpoint> {
+    if let Some(c) = nonempty_env("CKPT_COORD") {
+        return vec![Endpoint::parse(&c)];
+    }
+    let mut v = vec![Endpoint::Unix(socket_for(dir))];
+    if let Ok(a) = std::fs::read_to_string(dir.join(ADDR_FILE)) {
+        if a.trim().starts_with("tcp:") {
+            v.push(Endpoint::parse(&a));
+        }
+    }
+    v
+}
+
+enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Read for Stream {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(b),
+            Stream::Tcp(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(b),
+            Stream::Tcp(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Stream {
+    fn connect(e: &Endpoint) -> std::io::Result<Stream> {
+        match e {
+            Endpoint::Unix(p) => UnixStream::connect(p).map(Stream::Unix),
+            Endpoint::Tcp(a) => {
+                let mut last =
+                    std::io::Error::new(std::io::ErrorKind::NotFound, format!("{a}: no address"));
+                for sa in a.to_socket_addrs()? {
+                    match TcpStream::connect_timeout(&sa, Duration::from_secs(5)) {
+                        Ok(s) => {
+                            let _ = s.set_nodelay(true);
+                            return Ok(Stream::Tcp(s));
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                Err(last)
+            }
+        }
+    }
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_read_timeout(t),
+            Stream::Tcp(s) => s.set_read_timeout(t),
+        }
+    }
+}
+
 /// A connection to a coordinator as a control client.
 pub struct Client {
-    stream: UnixStream,
+    stream: Stream,
     pub coordinator_version: String,
 }
 
@@ -149,27 +251,20 @@ pub enum ConnectError {
 }
 
 impl Client {
+    /// Connects to the coordinator at `socket` (a UNIX socket) and authenticates with the
+    /// secret of the checkpoint directory the socket belongs to.
     pub fn connect(socket: &Path) -> Result<Client, ConnectError> {
-        let mut stream = UnixStream::connect(socket).map_err(ConnectError::NoCoordinator)?;
+        let dir = socket.parent().unwrap_or(Path::new("/"));
+        Client::connect_to(&Endpoint::Unix(socket.to_path_buf()), dir)
+    }
+
+    /// Connects to `e` and proves the secret of `dir` (`DIR/coordinator.secret`).
+    pub fn connect_to(e: &Endpoint, dir: &Path) -> Result<Client, ConnectError> {
+        let mut stream = Stream::connect(e).map_err(ConnectError::NoCoordinator)?;
         let handshake = (|| -> anyhow::Result<String> {
+            let secret = auth::read_secret(&dir.join(auth::SECRET_FILE))?;
             stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-            write_msg(
-                &mut stream,
-                &Message::Hello {
-                    protocol_version: PROTOCOL_VERSION,
-                    role: Role::Control,
-                },
-            )?;
-            match read_msg(&mut stream)? {
-                Message::Welcome {
-                    coordinator_version,
-                    ..
-                } => Ok(coordinator_version),
-                Message::Refused { reason } => {
-                    bail!("the coordinator refused the connection: {reason}")
-                }
-                other => bail!("unexpected answer to Hello: {other:?}"),
-            }
+            Ok(client_handshake(&mut stream, Role::Control, &secret)?)
         })();
         match handshake {
             Ok(coordinator_version) => {
@@ -179,11 +274,26 @@ impl Client {
                     coordinator_version,
                 })
             }
-            Err(e) => Err(ConnectError::Other(e.context(format!(
-                "talking to the coordinator at {}",
-                socket.display()
-            )))),
+            Err(err) => Err(ConnectError::Other(
+                err.context(format!("talking to the coordinator at {e}")),
+            )),
         }
+    }
+
+    /// Connects to the coordinator of `dir` (see [`endpoints_for`]).
+    pub fn connect_dir(dir: &Path) -> Result<Client, ConnectError> {
+        let mut first = None;
+        for e in endpoints_for(dir) {
+            match Client::connect_to(&e, dir) {
+                Ok(c) => return Ok(c),
+                Err(ConnectError::NoCoordinator(err)) => {
+                    first.get_or_insert((e, err));
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        let (_, err) = first.expect("at least one endpoint");
+        Err(ConnectError::NoCoordinator(err))
     }
 
     /// Sends one request and waits (without a time limit) for its reply.
@@ -195,23 +305,68 @@ impl Client {
     pub fn status(&mut self) -> anyhow::Result<Status> {
         match self.request(&Message::GetStatus)? {
             Message::Status(s) => Ok(s),
-            other => bail!("unexpected answer to GetStatus: {other:?}"),
+            other => bail!("unexpected answer to GetStatus: {}", other.kind()),
         }
     }
 }
 
 /// Connects to the coordinator of `dir`, with the standard message when there is none.
 pub fn connect_for(dir: &Path) -> anyhow::Result<Client> {
-    let socket = socket_for(dir);
-    match Client::connect(&socket) {
+    match Client::connect_dir(dir) {
         Ok(c) => Ok(c),
         Err(ConnectError::NoCoordinator(e)) => bail!(
             "no job is running with checkpoint directory {} (no coordinator at {}: {}); start one with `ckpt launch`",
             dir.display(),
-            socket.display(),
+            endpoints_for(dir)
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(" or "),
             io_reason(&e)
         ),
         Err(ConnectError::Other(e)) => Err(e),
+    }
+}
+
+/// A coordinator of `dir` was killed (its pid file is left behind and nobody holds its
+/// lock) while its job may still run: the job's processes keep trying to reconnect.
+pub fn coordinator_crashed(dir: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = std::fs::File::open(dir.join("coordinator.pid")) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor we own; released when `f` closes.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    r == 0
+}
+
+/// [`connect_for`], but when the coordinator of `dir` crashed, starts a new one first (with
+/// the options the old one recorded in `DIR/coordinator.json`) and gives the job's
+/// processes up to `rejoin` to reconnect. Returns whether a coordinator was started.
+pub fn connect_or_recover(dir: &Path, rejoin: Duration) -> anyhow::Result<(Client, bool)> {
+    match Client::connect_dir(dir) {
+        Ok(c) => return Ok((c, false)),
+        Err(ConnectError::Other(e)) => return Err(e),
+        Err(ConnectError::NoCoordinator(_)) if coordinator_crashed(dir) => {}
+        Err(ConnectError::NoCoordinator(_)) => return Ok((connect_for(dir)?, false)),
+    }
+    eprintln!(
+        "ckpt: the coordinator of {} is gone (killed?); starting a new one",
+        dir.display()
+    );
+    start_coordinator(dir, &CoordOptions::recorded(dir))?;
+    let t0 = std::time::Instant::now();
+    loop {
+        let mut c = connect_for(dir)?;
+        let joined = c.status().map(|s| !s.processes.is_empty()).unwrap_or(false);
+        if joined || t0.elapsed() >= rejoin {
+            // Processes join one by one: give the others a moment.
+            if joined {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            return Ok((connect_for(dir)?, true));
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -225,13 +380,13 @@ fn io_reason(e: &std::io::Error) -> String {
 
 /// The status of the coordinator of `dir`, if one is running there.
 pub fn probe(dir: &Path) -> Option<Status> {
-    Client::connect(&socket_for(dir)).ok()?.status().ok()
+    Client::connect_dir(dir).ok()?.status().ok()
 }
 
 /// Asks the coordinator of `dir` to exit and waits (up to 5 s) until it has.
 pub fn stop_idle_coordinator(dir: &Path) -> anyhow::Result<()> {
     let socket = socket_for(dir);
-    if let Ok(mut c) = Client::connect(&socket) {
+    if let Ok(mut c) = Client::connect_dir(dir) {
         let _ = c.request(&Message::Shutdown { kill: false });
     }
     let pid_file = dir.join("coordinator.pid");
@@ -260,6 +415,38 @@ pub fn create_ckpt_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating the checkpoint directory {}", dir.display()))
 }
 
+/// Options of a coordinator started by `ckpt`.
+#[derive(Debug, Clone, Default)]
+pub struct CoordOptions {
+    pub interval: Option<Duration>,
+    pub keep: usize,
+    /// `tcp:ADDR:PORT` to listen on besides the UNIX socket.
+    pub listen: Option<String>,
+}
+
+impl CoordOptions {
+    /// The options a previous coordinator of `dir` recorded (`DIR/coordinator.json`), or
+    /// the defaults.
+    pub fn recorded(dir: &Path) -> CoordOptions {
+        let mut o = CoordOptions {
+            keep: 3,
+            ..CoordOptions::default()
+        };
+        let Ok(text) = std::fs::read_to_string(dir.join("coordinator.json")) else {
+            return o;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return o;
+        };
+        if let Some(k) = v["keep"].as_u64() {
+            o.keep = k.max(1) as usize;
+        }
+        o.interval = v["interval_ms"].as_u64().map(Duration::from_millis);
+        o.listen = v["listen"].as_str().map(str::to_string);
+        o
+    }
+}
+
 /// Makes sure a coordinator serves `dir` and returns its socket. A coordinator already
 /// running for `dir` is reused as it is (its interval and keep stay); otherwise
 /// `ckpt-coordinatord --daemon --exit-when-idle 5` is started, and this returns once it
@@ -269,10 +456,28 @@ pub fn ensure_coordinator(
     interval: Option<Duration>,
     keep: usize,
 ) -> anyhow::Result<PathBuf> {
+    ensure_coordinator_with(
+        dir,
+        &CoordOptions {
+            interval,
+            keep,
+            listen: None,
+        },
+    )
+}
+
+/// [`ensure_coordinator`] with every option.
+pub fn ensure_coordinator_with(dir: &Path, opts: &CoordOptions) -> anyhow::Result<PathBuf> {
     create_ckpt_dir(dir)?;
     if probe(dir).is_some() {
         return Ok(socket_for(dir));
     }
+    start_coordinator(dir, opts)
+}
+
+/// Starts `ckpt-coordinatord --daemon --exit-when-idle 5` for `dir`; returns its socket once
+/// it listens.
+fn start_coordinator(dir: &Path, opts: &CoordOptions) -> anyhow::Result<PathBuf> {
     let bin = find_coordinatord()?;
     let socket = new_socket_path(dir);
     let mut cmd = Command::new(&bin);
@@ -282,12 +487,15 @@ pub fn ensure_coordinator(
         .arg("--exit-when-idle")
         .arg(LAUNCH_IDLE_SECS.to_string())
         .arg("--keep")
-        .arg(keep.max(1).to_string());
+        .arg(opts.keep.max(1).to_string());
     if socket != dir.join(SOCKET_NAME) {
         cmd.arg("--socket").arg(&socket);
     }
-    if let Some(i) = interval {
+    if let Some(i) = opts.interval {
         cmd.arg("--interval").arg(format!("{}ms", i.as_millis()));
+    }
+    if let Some(l) = &opts.listen {
+        cmd.arg("--listen").arg(l);
     }
     let out = cmd
         .stdin(Stdio::null())

@@ -176,6 +176,14 @@ fn kind(k: &RegionKind) -> String {
         RegionKind::Heap => "[heap]".into(),
         RegionKind::Stack => "[stack]".into(),
         RegionKind::File { path, offset, .. } => format!("{path} @{offset:#x}"),
+        RegionKind::SharedMem {
+            name, ino, saved, ..
+        } => {
+            format!(
+                "shared {name} (object {ino}{})",
+                if *saved { ", saved here" } else { "" }
+            )
+        }
         RegionKind::Vvar => "[vvar]".into(),
         RegionKind::VvarVclock => "[vvar_vclock]".into(),
         RegionKind::Vdso => "[vdso]".into(),

@@ -70,6 +70,10 @@ Example: ckpt launch --ckpt-dir ~/ckpt/sim --interval 30m -- ./simulate --steps 
         /// Complete generations to keep; older ones are removed after each checkpoint.
         #[arg(long, value_name = "K", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
         keep: u32,
+        /// The coordinator also listens on TCP (a job with processes on several hosts):
+        /// tcp:ADDR:PORT, port 0 = any; the address is written to DIR/coordinator.addr.
+        #[arg(long, value_name = "tcp:ADDR:PORT")]
+        listen: Option<String>,
         /// The program and its arguments (put `--` before them).
         #[arg(
             value_name = "PROGRAM",
@@ -243,11 +247,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             dir,
             interval,
             keep,
+            listen,
             program,
         } => launch(
             &coord::resolve_ckpt_dir(dir.ckpt_dir),
-            interval,
-            keep as usize,
+            &coord::CoordOptions {
+                interval,
+                keep: keep as usize,
+                listen,
+            },
             &program,
         ),
         Cmd::Checkpoint { dir, kill, json } => {
@@ -292,12 +300,7 @@ pub fn runtime_env(lib: &Path, dir: &Path, socket: &Path) -> Vec<(OsString, OsSt
     ]
 }
 
-fn launch(
-    dir: &Path,
-    interval: Option<Duration>,
-    keep: usize,
-    program: &[OsString],
-) -> anyhow::Result<()> {
+fn launch(dir: &Path, opts: &coord::CoordOptions, program: &[OsString]) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let Some((prog, args)) = program.split_first() else {
         bail!("no program given: ckpt launch [OPTIONS] -- PROGRAM [ARGS...]");
@@ -320,7 +323,7 @@ fn launch(
         coord::stop_idle_coordinator(dir)?;
     }
     let lib = coord::find_runtime_lib()?;
-    let socket = coord::ensure_coordinator(dir, interval, keep)?;
+    let socket = coord::ensure_coordinator_with(dir, opts)?;
     let mut cmd = std::process::Command::new(prog);
     cmd.args(args).envs(runtime_env(&lib, dir, &socket));
     let err = cmd.exec();
@@ -336,6 +339,11 @@ fn launch(
 fn checkpoint(dir: &Path, kill: bool, json: bool) -> anyhow::Result<()> {
     // A job launched a moment ago may not have joined its coordinator yet: give its
     // processes a few seconds before concluding there is nothing to checkpoint.
+    // A coordinator that was killed is replaced here; the processes rejoin within a second.
+    let (_, recovered) = coord::connect_or_recover(dir, Duration::from_secs(5))?;
+    if recovered {
+        eprintln!("ckpt: a new coordinator serves {}", dir.display());
+    }
     let t0 = std::time::Instant::now();
     while t0.elapsed() < std::time::Duration::from_secs(5) {
         match coord::connect_for(dir)?.status() {
@@ -364,12 +372,17 @@ fn checkpoint(dir: &Path, kill: bool, json: bool) -> anyhow::Result<()> {
             Ok(())
         }
         Message::CheckpointFailed { error } => bail!("{error} (the job keeps running)"),
-        other => bail!("unexpected answer to the checkpoint request: {other:?}"),
+        Message::Refused { reason } => bail!("the coordinator refused the request: {reason}"),
+        other => bail!(
+            "unexpected answer to the checkpoint request: {}",
+            other.kind()
+        ),
     }
 }
 
 fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
-    let st = coord::connect_for(dir)?.status()?;
+    let (mut c, _) = coord::connect_or_recover(dir, Duration::from_secs(3))?;
+    let st = c.status()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&st)?);
     } else {
@@ -380,9 +393,19 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
 
 fn print_status(st: &Status) {
     println!("checkpoint directory: {}", st.ckpt_dir);
+    if let Some(j) = &st.job_id {
+        println!("job: {j}");
+    }
     println!(
-        "coordinator: pid {}, version {} (protocol {}), socket {}",
-        st.coordinator_pid, st.coordinator_version, st.protocol_version, st.socket
+        "coordinator: pid {}, version {} (protocol {}), listening on {}",
+        st.coordinator_pid,
+        st.coordinator_version,
+        st.protocol_version,
+        if st.addresses.is_empty() {
+            st.socket.clone()
+        } else {
+            st.addresses.join(", ")
+        }
     );
     println!(
         "processes: {}{}",
@@ -448,6 +471,10 @@ fn shutdown(dir: &Path, kill: bool) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        other => bail!("unexpected answer to the shutdown request: {other:?}"),
+        Message::Refused { reason } => bail!("the coordinator refused the request: {reason}"),
+        other => bail!(
+            "unexpected answer to the shutdown request: {}",
+            other.kind()
+        ),
     }
 }

@@ -113,7 +113,8 @@ pub fn run(dir: &Path, generation: Option<u64>, which: Which) -> anyhow::Result<
         "ckpt_dir": dir.to_string_lossy(),
         "generation": gen.number,
     });
-    let prepared = prepare(&img, &info)?;
+    let shared = shared_objects(&[&img])?;
+    let prepared = prepare(&img, &info, &shared)?;
     exec_restorer(prepared.plan_fd)
 }
 
@@ -125,12 +126,13 @@ struct Loaded {
 }
 
 impl Loaded {
-    /// Opens, fully verifies and checks one image against this machine.
+    /// Opens one image, validates its structure and checks it against this machine. The
+    /// page data is not read here: the restorer checks each run's CRC-32C as it places it
+    /// (reading a large image twice cost as much as the restore itself).
     fn open(path: &Path) -> anyhow::Result<Loaded> {
         let reader = ImageReader::open(path)?;
         let meta = reader.meta()?;
         let runs = reader.page_runs()?;
-        reader.verify_pages()?;
         check_machine(&meta, path)?;
         check_files(&meta, path)?;
         Ok(Loaded {
@@ -148,7 +150,74 @@ struct Prepared {
     own_fds: Vec<RawFd>,
 }
 
-fn prepare(img: &Loaded, info: &serde_json::Value) -> anyhow::Result<Prepared> {
+/// One new memfd per shared-memory object of the generation, filled with the pages its
+/// saving process stored; named `shm:<ino>` for the plan.
+fn shared_objects(imgs: &[&Loaded]) -> anyhow::Result<Vec<(String, RawFd)>> {
+    use std::os::unix::fs::FileExt;
+    let mut out: Vec<(String, RawFd)> = Vec::new();
+    let mut sizes: Vec<(u64, u64)> = Vec::new();
+    for l in imgs {
+        for r in &l.meta.regions {
+            if let RegionKind::SharedMem { ino, pgoff, .. } = r.kind {
+                let end = pgoff * 4096 + (r.end - r.start);
+                match sizes.iter_mut().find(|(i, _)| *i == ino) {
+                    Some((_, s)) => *s = (*s).max(end),
+                    None => sizes.push((ino, end)),
+                }
+            }
+        }
+    }
+    for (ino, size) in sizes {
+        let fd = memfd(&format!("ckpt-shm-{ino}"), false, &[])?;
+        // SAFETY: sizing our new memfd.
+        if unsafe { libc::ftruncate(fd, size as i64) } != 0 {
+            bail!(
+                "sizing shared memory object {ino}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        // SAFETY: wrapping our fd for positioned writes; released without closing.
+        let f = unsafe { std::fs::File::from_raw_fd(fd) };
+        let mut filled = false;
+        for l in imgs {
+            let saved: Vec<&ckpt_image::Region> = l
+                .meta
+                .regions
+                .iter()
+                .filter(|r| matches!(r.kind, RegionKind::SharedMem { ino: i, saved: true, .. } if i == ino))
+                .collect();
+            if saved.is_empty() || filled {
+                continue;
+            }
+            let reader = ImageReader::open(&l.path)?;
+            for r in saved {
+                let RegionKind::SharedMem { pgoff, .. } = r.kind else {
+                    continue;
+                };
+                for run in l
+                    .runs
+                    .iter()
+                    .filter(|x| x.addr >= r.start && x.addr < r.end)
+                {
+                    let mut buf = vec![0u8; run.len as usize];
+                    reader.read_run(run, &mut buf)?;
+                    f.write_all_at(&buf, pgoff * 4096 + (run.addr - r.start))
+                        .with_context(|| format!("filling shared memory object {ino}"))?;
+                }
+            }
+            filled = true;
+        }
+        let _ = f.into_raw_fd();
+        out.push((format!("shm:{ino}"), fd));
+    }
+    Ok(out)
+}
+
+fn prepare(
+    img: &Loaded,
+    info: &serde_json::Value,
+    shared: &[(String, RawFd)],
+) -> anyhow::Result<Prepared> {
     let (meta, img_path) = (&img.meta, &img.path);
     // Descriptors handed to the restorer, placed high so that none is 0-2.
     let image_fd = high(
@@ -176,6 +245,13 @@ fn prepare(img: &Loaded, info: &serde_json::Value) -> anyhow::Result<Prepared> {
             }
         }
     }
+    // Shared-memory objects: mapped like files, closed by the restorer, but shared with the
+    // other processes of a tree (not in `own_fds`).
+    let own_count = close.len();
+    for (name, fd) in shared {
+        file_fds.push((name.clone(), *fd));
+        close.push(*fd);
+    }
     if close.len() + 1 > MAX_CLOSE_FDS {
         bail!(
             "the program maps {} distinct files; at most {} are supported",
@@ -196,7 +272,7 @@ fn prepare(img: &Loaded, info: &serde_json::Value) -> anyhow::Result<Prepared> {
         }
     }
     let plan_fd = memfd("ckpt-restore-plan", false, &plan_bytes)?;
-    let mut own_fds = close;
+    let mut own_fds = close[..own_count].to_vec();
     own_fds.push(info_fd);
     own_fds.push(plan_fd);
     Ok(Prepared { plan_fd, own_fds })
@@ -327,6 +403,8 @@ fn restore_tree(
         .iter()
         .map(|(i, r, w)| serde_json::json!({"inode": i, "read_fd": r, "write_fd": w}))
         .collect();
+    let refs: Vec<&Loaded> = imgs.iter().collect();
+    let shared_mem = shared_objects(&refs)?;
     let mut prepared = Vec::new();
     for (k, l) in imgs.iter().enumerate() {
         let info = serde_json::json!({
@@ -337,7 +415,7 @@ fn restore_tree(
             "area_index": k,
             "pipes": pipes_json,
         });
-        prepared.push(prepare(l, &info)?);
+        prepared.push(prepare(l, &info, &shared_mem)?);
     }
     // Fork the tree: each process forks its children (in the order they were born, vpid
     // order), then becomes its own restored self.
@@ -727,7 +805,9 @@ fn build_plan(
             }
             ri += 1;
         }
-        let has_data = ri > first;
+        // Shared memory comes from its new object, already filled (see `SharedObjects`).
+        let shared_mem = matches!(r.kind, RegionKind::SharedMem { .. });
+        let has_data = ri > first && !shared_mem;
         let map_prot = if has_data {
             final_prot | PROT_WRITE | PROT_READ
         } else {
@@ -753,6 +833,25 @@ fn build_plan(
                     addr: r.start,
                     len,
                     off: *offset,
+                    ..Default::default()
+                }
+            }
+            RegionKind::SharedMem { ino, pgoff, .. } => {
+                let key = format!("shm:{ino}");
+                let fd = file_fds
+                    .iter()
+                    .find(|(p, _)| *p == key)
+                    .map(|(_, fd)| *fd)
+                    .context("shared memory object fd")?;
+                Op {
+                    kind: OP_MAP_SHARED_FILE,
+                    prot: map_prot,
+                    flags: 0,
+                    fd,
+                    addr: r.start,
+                    len,
+                    off: pgoff * 4096,
+                    ..Default::default()
                 }
             }
             RegionKind::Stack => Op {
@@ -763,6 +862,7 @@ fn build_plan(
                 addr: r.start,
                 len,
                 off: 0,
+                ..Default::default()
             },
             _ => Op {
                 kind: OP_MAP_ANON,
@@ -772,10 +872,11 @@ fn build_plan(
                 addr: r.start,
                 len,
                 off: 0,
+                ..Default::default()
             },
         };
         maps.push(op);
-        for run in &sorted[first..ri] {
+        for run in sorted[first..ri].iter().filter(|_| !shared_mem) {
             reads.push(Op {
                 kind: OP_READ,
                 prot: 0,
@@ -784,6 +885,8 @@ fn build_plan(
                 addr: run.addr,
                 len: run.len,
                 off: run.offset,
+                crc: run.crc32c,
+                _reserved: 0,
             });
         }
         if map_prot != final_prot {
@@ -795,6 +898,7 @@ fn build_plan(
                 addr: r.start,
                 len,
                 off: 0,
+                ..Default::default()
             });
         }
     }
@@ -862,5 +966,8 @@ fn build_plan(
     ops.extend(reads);
     ops.extend(protects);
     h.n_ops = ops.len() as u32;
+    h.read_threads = std::thread::available_parallelism()
+        .map(|n| n.get().min(2) as u32)
+        .unwrap_or(1);
     Ok((h, ops))
 }

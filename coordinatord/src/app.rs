@@ -3,14 +3,16 @@
 use crate::duration::parse_duration;
 use crate::events::{Event, Journal};
 use crate::machine::{Config, Machine};
-use crate::server::{serve, Input};
+use crate::server::{serve, Listeners};
 use crate::store::GenerationStore;
 use crate::sys;
 use crate::SUN_PATH_MAX;
 use anyhow::{bail, Context};
+use ckpt_protocol::auth::{self, Secret};
 use clap::Parser;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -29,7 +31,10 @@ Normally started by `ckpt launch` / `ckpt restart` (with --daemon --exit-when-id
 by hand only to control its options.
 
 Files in DIR: coordinator.sock (the socket, mode 0600, unless --socket; then \
-coordinator.socket holds its path), coordinator.pid (pid, locked while running), coordinator.log (log when --daemon), events.jsonl (one JSON \
+coordinator.socket holds its path), coordinator.secret (the job secret every client must \
+prove; created, mode 0600, when absent), coordinator.addr (the TCP address, with --listen), \
+coordinator.pid (pid, locked while running), coordinator.json (the options, for a coordinator \
+restarted after a crash), coordinator.log (log when --daemon), events.jsonl (one JSON \
 line per event), gen-N/ (generations).
 
 Environment: CKPT_LOG or RUST_LOG sets the log filter (default: info), e.g. CKPT_LOG=debug.
@@ -67,6 +72,21 @@ pub struct Args {
     /// How long the processes may take to write their images after the resume.
     #[arg(long, value_name = "DURATION", default_value = "600s", value_parser = parse_duration)]
     pub write_timeout: Duration,
+    /// Also listen on TCP (a job on several hosts): tcp:ADDR:PORT, e.g. tcp:0.0.0.0:0 (port
+    /// 0 = any free port). The address chosen is written to DIR/coordinator.addr.
+    #[arg(long, value_name = "tcp:ADDR:PORT", value_parser = parse_listen)]
+    pub listen: Option<SocketAddr>,
+}
+
+/// `tcp:ADDR:PORT` (ADDR a host name or an IP address, IPv6 in brackets).
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let bad =
+        || format!("invalid listen address {text:?}: use tcp:ADDR:PORT, e.g. tcp:127.0.0.1:0");
+    let rest = text.strip_prefix("tcp:").ok_or_else(bad)?;
+    rest.to_socket_addrs()
+        .map_err(|e| format!("{}: {e}", bad()))?
+        .next()
+        .ok_or_else(bad)
 }
 
 /// The binary's `main`.
@@ -86,6 +106,8 @@ struct Paths {
     dir: PathBuf,
     socket: PathBuf,
     pid_file: PathBuf,
+    secret: PathBuf,
+    addr_file: PathBuf,
     log_file: PathBuf,
     events: PathBuf,
 }
@@ -107,6 +129,8 @@ fn paths(args: &Args) -> anyhow::Result<Paths> {
     }
     Ok(Paths {
         pid_file: dir.join("coordinator.pid"),
+        secret: dir.join(auth::SECRET_FILE),
+        addr_file: dir.join(ckpt_protocol::ADDR_FILE),
         log_file: dir.join("coordinator.log"),
         events: dir.join("events.jsonl"),
         dir,
@@ -145,12 +169,19 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     init_logging(args.daemon);
-    match start(&p) {
-        Ok((listener, lock, store)) => {
+    match start(&args, &p) {
+        Ok(st) => {
             if let Some(mut w) = ready_pipe.take() {
                 let _ = w.write_all(b"OK");
             }
-            let reason = run_server(&args, &p, listener, store);
+            let Started {
+                listeners,
+                lock,
+                store,
+                secret,
+                tcp_addr,
+            } = st;
+            let reason = run_server(&args, &p, listeners, store, secret, tcp_addr.clone());
             tracing::info!("exiting: {reason}");
             // Only clean up what is still ours: if the directory was removed and another
             // coordinator now serves the same path, its socket must survive our exit.
@@ -158,6 +189,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                 let _ = std::fs::remove_file(&p.socket);
                 let _ = std::fs::remove_file(p.dir.join("coordinator.socket"));
                 let _ = std::fs::remove_file(&p.pid_file);
+                if let Some(a) = tcp_addr {
+                    if std::fs::read_to_string(&p.addr_file).is_ok_and(|t| t.trim() == a) {
+                        let _ = std::fs::remove_file(&p.addr_file);
+                    }
+                }
             }
             drop(lock);
             Ok(())
@@ -235,10 +271,48 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating the checkpoint directory {}", dir.display()))
 }
 
-/// Takes the pid-file lock and binds the socket.
-type Started = (UnixListener, File, Box<dyn GenerationStore>);
+/// What [`start`] set up.
+struct Started {
+    listeners: Listeners,
+    lock: File,
+    store: Box<dyn GenerationStore>,
+    secret: Secret,
+    /// `tcp:HOST:PORT` as written to DIR/coordinator.addr.
+    tcp_addr: Option<String>,
+}
 
-fn start(p: &Paths) -> anyhow::Result<Started> {
+/// The address clients should use for a socket bound to `a`: an unspecified address
+/// (0.0.0.0, ::) becomes this host's name.
+fn advertised(a: SocketAddr) -> String {
+    if a.ip().is_unspecified() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        if !host.is_empty() {
+            return format!("tcp:{host}:{}", a.port());
+        }
+    }
+    format!("tcp:{a}")
+}
+
+/// Writes `text` to `path` atomically (temporary file, rename), mode 0600.
+fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", sys::getpid()));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", path.display()))
+}
+
+/// Takes the pid-file lock, loads (or creates) the job secret and binds the sockets.
+fn start(args: &Args, p: &Paths) -> anyhow::Result<Started> {
     let mut lock = OpenOptions::new()
         .read(true)
         .write(true)
@@ -266,6 +340,10 @@ fn start(p: &Paths) -> anyhow::Result<Started> {
         std::fs::remove_file(&p.socket)
             .with_context(|| format!("removing the stale socket {}", p.socket.display()))?;
     }
+    let (secret, created) = auth::load_or_create_secret(&p.secret)?;
+    if created {
+        tracing::info!("created the job secret {}", p.secret.display());
+    }
     if let Some(parent) = p.socket.parent() {
         create_private_dir(parent)?;
     }
@@ -290,31 +368,52 @@ fn start(p: &Paths) -> anyhow::Result<Started> {
     } else {
         let _ = std::fs::remove_file(&pointer);
     }
+    let (tcp, tcp_addr) = match args.listen {
+        Some(a) => {
+            let l = TcpListener::bind(a).with_context(|| format!("listening on tcp:{a}"))?;
+            let bound = l.local_addr()?;
+            let text = advertised(bound);
+            write_atomically(&p.addr_file, &format!("{text}\n"))?;
+            (Some(l), Some(text))
+        }
+        None => {
+            let _ = std::fs::remove_file(&p.addr_file);
+            (None, None)
+        }
+    };
+    // What a coordinator restarted after a crash (`ckpt` on the next command) reuses.
+    let opts = serde_json::json!({
+        "keep": args.keep,
+        "interval_ms": args.interval.map(|d| d.as_millis() as u64),
+        "listen": args.listen.map(|a| format!("tcp:{a}")),
+        "socket": p.socket,
+    });
+    if let Err(e) = write_atomically(&p.dir.join("coordinator.json"), &format!("{opts}\n")) {
+        tracing::warn!("{e:#}");
+    }
     let store = crate::store::open(&p.dir)?;
-    Ok((listener, lock, store))
+    Ok(Started {
+        listeners: Listeners {
+            unix: listener,
+            tcp,
+        },
+        lock,
+        store,
+        secret,
+        tcp_addr,
+    })
 }
 
 fn run_server(
     args: &Args,
     p: &Paths,
-    listener: UnixListener,
+    listeners: Listeners,
     store: Box<dyn GenerationStore>,
+    secret: Secret,
+    tcp_addr: Option<String>,
 ) -> String {
     if let Err(e) = sys::block_exit_signals() {
         tracing::warn!("cannot block signals: {e}");
-    }
-    let (tx, rx) = std::sync::mpsc::channel();
-    {
-        let tx = tx.clone();
-        let _ = std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                while let Ok(sig) = sys::wait_signal() {
-                    if tx.send(Input::Signal(sig)).is_err() {
-                        break;
-                    }
-                }
-            });
     }
     let mut journal = Journal::open(&p.events);
     journal.record(&Event::CoordinatorStarted {
@@ -322,13 +421,16 @@ fn run_server(
         version: env!("CARGO_PKG_VERSION").into(),
         socket: p.socket.to_string_lossy().into_owned(),
     });
+    let mut addresses = vec![format!("unix:{}", p.socket.display())];
+    addresses.extend(tcp_addr);
     tracing::info!(
         "coordinator {} (pid {}) listening on {} for {}",
         env!("CARGO_PKG_VERSION"),
         sys::getpid(),
-        p.socket.display(),
+        addresses.join(", "),
         p.dir.display()
     );
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let cfg = Config {
         keep: args.keep as usize,
         interval: args.interval,
@@ -338,7 +440,9 @@ fn run_server(
         coordinator_pid: sys::getpid(),
         ckpt_dir: p.dir.to_string_lossy().into_owned(),
         socket: p.socket.to_string_lossy().into_owned(),
+        addresses,
+        job_id: var("SLURM_JOB_ID").or_else(|| var("PBS_JOBID")),
     };
     let machine = Machine::new(cfg, Instant::now());
-    serve(listener, machine, store, journal, tx, rx)
+    serve(listeners, machine, store, journal, secret)
 }

@@ -80,6 +80,10 @@ pub struct Config {
     pub coordinator_pid: i32,
     pub ckpt_dir: String,
     pub socket: String,
+    /// `unix:PATH`, `tcp:HOST:PORT`: every address the coordinator listens on.
+    pub addresses: Vec<String>,
+    /// The batch job's id, when known.
+    pub job_id: Option<String>,
 }
 
 impl Config {
@@ -93,6 +97,8 @@ impl Config {
             coordinator_pid: 1,
             ckpt_dir: "/ckpt".into(),
             socket: "/ckpt/coordinator.sock".into(),
+            addresses: vec!["unix:/ckpt/coordinator.sock".into()],
+            job_id: None,
         }
     }
 }
@@ -131,6 +137,10 @@ struct Running {
     stage: usize,
     deadline: Instant,
     participants: BTreeMap<ConnId, Progress>,
+    /// Participants that reached the current phase / wrote their image (so that each
+    /// message costs O(log N), not a scan of all participants: see docs/scale.md).
+    reached_count: usize,
+    written_count: usize,
     waiters: Vec<CtlId>,
     kill: bool,
 }
@@ -306,7 +316,10 @@ impl Machine {
                     self.fail(now, env, reason);
                     return;
                 }
-                progress.reached = Some(idx);
+                if progress.reached != Some(idx) {
+                    progress.reached = Some(idx);
+                    c.reached_count += 1;
+                }
                 self.advance(now, env);
             }
             Message::Written(w) => {
@@ -330,6 +343,9 @@ impl Machine {
                     w.stopped_seconds,
                     w.write_seconds
                 );
+                if progress.written.is_none() {
+                    c.written_count += 1;
+                }
                 progress.written = Some(w);
                 self.advance(now, env);
             }
@@ -499,8 +515,10 @@ impl Machine {
             coordinator_version: env!("CARGO_PKG_VERSION").to_string(),
             protocol_version: ckpt_protocol::PROTOCOL_VERSION,
             coordinator_pid: self.cfg.coordinator_pid,
+            job_id: self.cfg.job_id.clone(),
             ckpt_dir: self.cfg.ckpt_dir.clone(),
             socket: self.cfg.socket.clone(),
+            addresses: self.cfg.addresses.clone(),
             processes,
             last_checkpoint: self.last.clone(),
             next_checkpoint_in,
@@ -586,6 +604,8 @@ impl Machine {
             stage: 0,
             deadline: now + self.cfg.phase_timeout,
             participants,
+            reached_count: 0,
+            written_count: 0,
             waiters: waiter.into_iter().collect(),
             kill,
         });
@@ -604,6 +624,7 @@ impl Machine {
                     generation: c.generation,
                     phase,
                     dir: dir.clone(),
+                    hold: c.kill && phase == Phase::Resume,
                 },
             );
         }
@@ -613,10 +634,12 @@ impl Machine {
     fn advance(&mut self, now: Instant, env: &mut dyn Env) {
         let Some(c) = self.ckpt.as_mut() else { return };
         if c.stage < PHASES.len() {
-            if !c.participants.values().all(|p| p.reached == Some(c.stage)) {
+            if c.reached_count < c.participants.len() {
                 return;
             }
+            debug_assert!(c.participants.values().all(|p| p.reached == Some(c.stage)));
             c.stage += 1;
+            c.reached_count = 0;
             if c.stage < PHASES.len() {
                 c.deadline = now + self.cfg.phase_timeout;
                 self.send_barrier(env);
@@ -624,7 +647,7 @@ impl Machine {
             }
             c.deadline = now + self.cfg.write_timeout;
         }
-        if c.participants.values().all(|p| p.written.is_some()) {
+        if c.written_count == c.participants.len() {
             self.commit(now, env);
         }
     }

@@ -8,6 +8,7 @@
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -545,6 +546,459 @@ impl ImageWriter {
         self.write(&t)?;
         self.file.sync_all().ctx(&self.path, "fsync image")?;
         Ok(file_len)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Pipelined page writer
+
+/// A page-aligned buffer of its own mapping (O_DIRECT needs aligned memory).
+struct AlignedBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> io::Result<Self> {
+        // SAFETY: a new private anonymous mapping; nothing else is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(AlignedBuf {
+            ptr: p as *mut u8,
+            len,
+        })
+    }
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is ours, `len` bytes, alive until drop.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping (no I/O uses it any more: see PageSink::drop).
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
+
+/// Linux native AIO control block (`struct iocb`, 64 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct Iocb {
+    data: u64,
+    key: u32,
+    rw_flags: i32,
+    opcode: u16,
+    reqprio: i16,
+    fildes: u32,
+    buf: u64,
+    nbytes: u64,
+    offset: i64,
+    reserved2: u64,
+    flags: u32,
+    resfd: u32,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct IoEvent {
+    data: u64,
+    obj: u64,
+    res: i64,
+    res2: i64,
+}
+
+const IOCB_CMD_PWRITE: u16 = 1;
+
+struct Slot {
+    buf: AlignedBuf,
+    iocb: Box<Iocb>,
+    in_flight: bool,
+}
+
+/// How page bytes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageIo {
+    /// O_DIRECT, several writes in flight (Linux AIO).
+    DirectAsync,
+    /// O_DIRECT, one write at a time (AIO unavailable).
+    Direct,
+    /// Through the page cache, writeback started early with `sync_file_range` (the file
+    /// system refused O_DIRECT, e.g. tmpfs).
+    Buffered,
+}
+
+impl PageIo {
+    /// `CKPT_IMAGE_IO` = `direct` (no AIO) or `buffered` forces a way (measurements,
+    /// tests); otherwise the best one.
+    pub fn preferred() -> PageIo {
+        match std::env::var("CKPT_IMAGE_IO").as_deref() {
+            Ok("direct") => PageIo::Direct,
+            Ok("buffered") => PageIo::Buffered,
+            _ => PageIo::DirectAsync,
+        }
+    }
+}
+
+/// Extra file length reserved ahead of the O_DIRECT writes, so that they never extend the
+/// file (extending direct writes are synchronous on ext4 and XFS even with AIO).
+const RESERVE_AHEAD: u64 = 256 << 20;
+
+/// Streams page bytes into the open PAGES section from page-aligned buffers. The caller
+/// fills `space()` (reading process memory straight into it), keeps what it wants at the
+/// front and `commit`s it; full buffers are written while the caller fills the next one.
+/// Every page lands at `offset()` + its position in `space()` (the file is written
+/// sequentially). `finish` must be called; dropping an unfinished sink waits for the writes
+/// in flight and poisons the writer.
+pub struct PageSink<'a> {
+    w: &'a mut ImageWriter,
+    direct: Option<File>,
+    io: PageIo,
+    want_async: bool,
+    aio_ctx: u64,
+    slots: Vec<Slot>,
+    cur: usize,
+    fill: usize,
+    /// File offset of the current buffer's first byte.
+    base: u64,
+    /// The file's length as extended ahead of the direct writes.
+    reserved: u64,
+    /// Buffered mode: bytes up to here have had writeback started.
+    flushed: u64,
+    finished: bool,
+}
+
+impl ImageWriter {
+    /// A pipelined writer for the open PAGES section: `nbuf` buffers of `buf_len` bytes (a
+    /// multiple of 4096), written the `want` way if the file system allows it, else the
+    /// next best ([`PageSink::io`] tells which).
+    pub fn page_sink(
+        &mut self,
+        nbuf: usize,
+        buf_len: usize,
+        want: PageIo,
+    ) -> Result<PageSink<'_>, ImageError> {
+        self.check_usable()?;
+        if !matches!(self.pages, PagesState::Open { .. }) {
+            return Err(self.usage("page_sink outside begin_pages/end_pages"));
+        }
+        if nbuf == 0
+            || buf_len == 0
+            || buf_len as u64 % PAGE_ALIGN != 0
+            || self.pos % PAGE_ALIGN != 0
+        {
+            return Err(self.usage(format!(
+                "page_sink: {nbuf} buffers of {buf_len} bytes at offset {}",
+                self.pos
+            )));
+        }
+        let mut slots = Vec::with_capacity(nbuf);
+        for _ in 0..nbuf {
+            slots.push(Slot {
+                buf: AlignedBuf::new(buf_len)
+                    .map_err(|e| ImageError::io(&self.path, "map a page buffer", e))?,
+                iocb: Box::default(),
+                in_flight: false,
+            });
+        }
+        let direct = if want == PageIo::Buffered {
+            None
+        } else {
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&self.path)
+                .ok()
+        };
+        // The AIO context is set up when a second buffer is needed: a small image is one
+        // write, and io_destroy costs a few milliseconds.
+        let io = match &direct {
+            None => PageIo::Buffered,
+            Some(_) => PageIo::Direct,
+        };
+        let want_async = want == PageIo::DirectAsync;
+        let base = self.pos;
+        Ok(PageSink {
+            w: self,
+            direct,
+            io,
+            want_async,
+            aio_ctx: 0,
+            slots,
+            cur: 0,
+            fill: 0,
+            base,
+            reserved: base,
+            flushed: base,
+            finished: false,
+        })
+    }
+}
+
+impl PageSink<'_> {
+    /// How the bytes are written (asynchronous I/O starts with the second buffer).
+    pub fn io(&self) -> PageIo {
+        if self.want_async && self.io == PageIo::Direct {
+            PageIo::DirectAsync
+        } else {
+            self.io
+        }
+    }
+
+    /// File offset of `space()[0]`.
+    pub fn offset(&self) -> u64 {
+        self.base + self.fill as u64
+    }
+
+    fn err(&mut self, op: &'static str, e: io::Error) -> ImageError {
+        self.w.poisoned = true;
+        ImageError::io(&self.w.path, op, e)
+    }
+
+    /// The free part of the current buffer (at least one page).
+    pub fn space(&mut self) -> Result<&mut [u8], ImageError> {
+        if self.fill == self.slots[self.cur].buf.len {
+            self.submit(false)?;
+        }
+        let fill = self.fill;
+        Ok(&mut self.slots[self.cur].buf.bytes()[fill..])
+    }
+
+    /// The first `n` bytes of `space()` (a multiple of 4096) are page data.
+    pub fn commit(&mut self, n: usize) -> Result<(), ImageError> {
+        let cap = self.slots[self.cur].buf.len;
+        if n as u64 % PAGE_ALIGN != 0 || self.fill + n > cap {
+            return Err(self.w.usage(format!(
+                "PageSink::commit({n}) with {} free",
+                cap - self.fill
+            )));
+        }
+        self.fill += n;
+        self.w.pos += n as u64;
+        if self.fill == cap {
+            self.submit(false)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for one completion (AIO); marks its slot free.
+    fn reap(&mut self, min: usize) -> Result<(), ImageError> {
+        let mut ev = [IoEvent::default(); 16];
+        let n = loop {
+            // SAFETY: io_getevents into a local array of 16 events.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_io_getevents,
+                    self.aio_ctx,
+                    min as libc::c_long,
+                    ev.len() as libc::c_long,
+                    ev.as_mut_ptr(),
+                    std::ptr::null_mut::<libc::timespec>(),
+                )
+            };
+            if r >= 0 {
+                break r as usize;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(self.err("wait for image writes", e));
+            }
+        };
+        for e in &ev[..n] {
+            let i = e.data as usize;
+            let want = self.slots[i].iocb.nbytes as i64;
+            self.slots[i].in_flight = false;
+            if e.res == -(libc::EINVAL as i64) {
+                // The file system opened O_DIRECT but refuses the writes: this buffer (still
+                // intact) and all later ones go through the page cache.
+                let at = self.slots[i].iocb.offset as u64;
+                let res = self
+                    .w
+                    .file
+                    .write_all_at(&self.slots[i].buf.bytes()[..want as usize], at);
+                if let Err(e) = res {
+                    return Err(self.err("write image", e));
+                }
+                self.io = PageIo::Buffered;
+                continue;
+            }
+            if e.res != want {
+                let err = if e.res < 0 {
+                    io::Error::from_raw_os_error(-e.res as i32)
+                } else {
+                    io::Error::other(format!("short write: {} of {want} bytes", e.res))
+                };
+                return Err(self.err("write image (O_DIRECT)", err));
+            }
+        }
+        Ok(())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slots.iter().filter(|s| s.in_flight).count()
+    }
+
+    /// Writes the current buffer's `fill` bytes and moves on to the next free buffer
+    /// (`last`: called by `finish`, nothing follows).
+    fn submit(&mut self, last: bool) -> Result<(), ImageError> {
+        if self.want_async && !last && self.io == PageIo::Direct && self.aio_ctx == 0 {
+            self.want_async = false;
+            let mut ctx = 0u64;
+            // SAFETY: io_setup(nr, &ctx) on a zeroed context word.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_io_setup,
+                    self.slots.len() as libc::c_long,
+                    &mut ctx,
+                )
+            };
+            if r == 0 {
+                self.aio_ctx = ctx;
+                self.io = PageIo::DirectAsync;
+            }
+        }
+        let len = self.fill;
+        if len > 0 {
+            let at = self.base;
+            let end = at + len as u64;
+            if self.io != PageIo::Buffered && end > self.reserved {
+                let to = end + RESERVE_AHEAD;
+                let d = self.direct.as_ref().expect("direct fd");
+                if let Err(e) = d.set_len(to) {
+                    return Err(self.err("extend image", e));
+                }
+                self.reserved = to;
+            }
+            match self.io {
+                PageIo::DirectAsync => {
+                    let fd = self.direct.as_ref().expect("direct fd").as_raw_fd();
+                    let cur = self.cur;
+                    let s = &mut self.slots[cur];
+                    *s.iocb = Iocb {
+                        data: cur as u64,
+                        opcode: IOCB_CMD_PWRITE,
+                        fildes: fd as u32,
+                        buf: s.buf.ptr as u64,
+                        nbytes: len as u64,
+                        offset: at as i64,
+                        ..Default::default()
+                    };
+                    let mut list = [&mut *s.iocb as *mut Iocb];
+                    // SAFETY: io_submit of one iocb whose buffer stays mapped and untouched
+                    // until its completion is reaped.
+                    let r = unsafe {
+                        libc::syscall(
+                            libc::SYS_io_submit,
+                            self.aio_ctx,
+                            1 as libc::c_long,
+                            list.as_mut_ptr(),
+                        )
+                    };
+                    if r != 1 {
+                        let e = io::Error::last_os_error();
+                        return Err(self.err("submit image write", e));
+                    }
+                    s.in_flight = true;
+                }
+                PageIo::Direct => {
+                    let cur = self.cur;
+                    let d = self.direct.as_ref().expect("direct fd");
+                    let res = d.write_all_at(&self.slots[cur].buf.bytes()[..len], at);
+                    if let Err(e) = res {
+                        if e.raw_os_error() == Some(libc::EINVAL)
+                            && at == self.flushed_direct_start()
+                        {
+                            // The file system took O_DIRECT at open but refuses the writes.
+                            self.io = PageIo::Buffered;
+                            self.direct = None;
+                            return self.submit(last);
+                        }
+                        return Err(self.err("write image (O_DIRECT)", e));
+                    }
+                }
+                PageIo::Buffered => {
+                    let cur = self.cur;
+                    let res = self
+                        .w
+                        .file
+                        .write_all_at(&self.slots[cur].buf.bytes()[..len], at);
+                    if let Err(e) = res {
+                        return Err(self.err("write image", e));
+                    }
+                    // Start writeback now, so that it overlaps with the next buffers
+                    // instead of all waiting for the final fsync.
+                    // SAFETY: sync_file_range on our own file descriptor.
+                    unsafe {
+                        libc::sync_file_range(
+                            self.w.file.as_raw_fd(),
+                            self.flushed as i64,
+                            (end - self.flushed) as i64,
+                            libc::SYNC_FILE_RANGE_WRITE,
+                        )
+                    };
+                    self.flushed = end;
+                }
+            }
+            self.base = end;
+            self.fill = 0;
+        }
+        // Next buffer: wait until it is free.
+        self.cur = (self.cur + 1) % self.slots.len();
+        while self.slots[self.cur].in_flight {
+            self.reap(1)?;
+        }
+        Ok(())
+    }
+
+    /// Where the direct writes started (a refusal of the very first one falls back).
+    fn flushed_direct_start(&self) -> u64 {
+        self.flushed
+    }
+
+    /// Writes what is buffered, waits for every write, and sets the file up for the
+    /// sections that follow (buffered writes from the end of the page data).
+    pub fn finish(mut self) -> Result<(), ImageError> {
+        self.submit(true)?;
+        while self.in_flight() > 0 {
+            self.reap(1)?;
+        }
+        let pos = self.w.pos;
+        if self.reserved > pos {
+            if let Err(e) = self.w.file.set_len(pos) {
+                return Err(self.err("trim image", e));
+            }
+        }
+        use std::io::Seek;
+        if let Err(e) = self.w.file.seek(io::SeekFrom::Start(pos)) {
+            return Err(self.err("seek image", e));
+        }
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl Drop for PageSink<'_> {
+    fn drop(&mut self) {
+        if self.aio_ctx != 0 {
+            // Cancels or waits for every write still in flight, before the buffers (dropped
+            // after this) are unmapped.
+            // SAFETY: destroying our own AIO context.
+            unsafe { libc::syscall(libc::SYS_io_destroy, self.aio_ctx) };
+        }
+        if !self.finished {
+            self.w.poisoned = true;
+        }
     }
 }
 

@@ -8,7 +8,8 @@ pub mod manifest;
 pub mod model;
 
 pub use container::{
-    sync_dir, write_image_atomically, ImageReader, ImageWriter, SectionInfo, SectionKind,
+    sync_dir, write_image_atomically, ImageReader, ImageWriter, PageIo, PageSink, SectionInfo,
+    SectionKind,
 };
 pub use error::{ErrorKind, ImageError};
 pub use generation::{CkptDir, GenerationInfo, GenerationState};

@@ -80,6 +80,17 @@ pub enum RegionKind {
         size: u64,
         mtime_ns: i64,
     },
+    /// Shared memory with no file behind it that outlives the processes: MAP_SHARED
+    /// anonymous memory (inherited across fork), a deleted /dev/shm file, a memfd or a SysV
+    /// segment mapped shared. Every mapping of one object has the same `ino`; the process
+    /// with `saved` stores its pages, and on restore all processes map one new object.
+    SharedMem {
+        ino: u64,
+        /// Page offset of the mapping inside the object.
+        pgoff: u64,
+        name: String,
+        saved: bool,
+    },
     Vvar,
     VvarVclock,
     Vdso,

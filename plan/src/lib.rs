@@ -5,8 +5,12 @@
 //! restorer's only argument.
 #![no_std]
 
+pub mod crc;
+
 pub const PLAN_MAGIC: u64 = u64::from_le_bytes(*b"CKPTPLAN");
-pub const PLAN_VERSION: u32 = 1;
+/// 2: `Op` carries the CRC-32C of an `OP_READ` run (the restorer verifies it) and reads
+/// use `Op::fd`; the header says how many threads may read.
+pub const PLAN_VERSION: u32 = 2;
 
 /// The restorer is linked at this fixed address (non-PIE, static); `ckpt restart` refuses
 /// an image with a region inside `[RESTORER_BASE, RESTORER_BASE + RESTORER_SPAN)`.
@@ -22,7 +26,10 @@ pub const VDSO_SCRATCH: u64 = RESTORER_BASE + 0x2000_0000;
 pub const OP_MAP_ANON: u32 = 1;
 /// mmap `fd` at `addr` with `prot`, MAP_PRIVATE|MAP_FIXED, file offset `off`.
 pub const OP_MAP_FILE: u32 = 2;
-/// pread `len` bytes from the image fd at offset `off` into `addr` (which is writable).
+/// pread `len` bytes from image `fd` (the header's `image_fd` if `fd` is -1) at offset
+/// `off` into `addr` (which is writable) and check that their CRC-32C is `crc`; a mismatch
+/// ends the restore with a message naming the address. Consecutive `OP_READ`s may run in
+/// any order and in parallel (`PlanHeader::read_threads`).
 pub const OP_READ: u32 = 3;
 /// mprotect(`addr`, `len`, `prot`).
 pub const OP_PROTECT: u32 = 4;
@@ -46,6 +53,9 @@ pub struct Op {
     pub addr: u64,
     pub len: u64,
     pub off: u64,
+    /// `OP_READ`: CRC-32C of the `len` bytes.
+    pub crc: u32,
+    pub _reserved: u32,
 }
 
 /// The registers the restorer loads before jumping into the restored runtime: exactly the
@@ -131,7 +141,9 @@ pub struct PlanHeader {
     pub restore_info_addr: u64,
     /// File descriptors the restorer closes before the jump (plan, image, libraries).
     pub n_close: u32,
-    pub _pad: u32,
+    /// Threads (including the restorer's own) that may execute the `OP_READ`s; 0 or 1:
+    /// one.
+    pub read_threads: u32,
     pub close_fds: [i32; MAX_CLOSE_FDS],
 }
 
@@ -150,7 +162,7 @@ impl Default for PlanHeader {
             vdso: VdsoPlan::default(),
             restore_info_addr: 0,
             n_close: 0,
-            _pad: 0,
+            read_threads: 1,
             close_fds: [-1; MAX_CLOSE_FDS],
         }
     }

@@ -265,8 +265,310 @@ fn munmap_outside_window(lo: u64, hi: u64) {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Page data: every OP_READ of a stretch is claimed by one of (at most) two threads, read in
+// chunks (from the page cache if the data is there, else with O_DIRECT straight into the
+// destination, so that a cold image is not copied through the page cache) and its CRC-32C
+// is computed on the bytes just placed (still in the cache) and compared with the plan's.
+
+/// Bytes per read system call.
+const READ_CHUNK: u64 = 2 << 20;
+/// Below this many bytes of page data the second thread is not worth starting.
+const PARALLEL_MIN: u64 = 32 << 20;
+const WORKER_STACK_SIZE: usize = 64 * 1024;
+const MAX_SOURCES: usize = 16;
+
+static mut CRC: ckpt_plan::crc::Crc32c = ckpt_plan::crc::Crc32c::empty();
+
+#[repr(C, align(16))]
+struct WorkerStack([u8; WORKER_STACK_SIZE]);
+static mut WORKER_STACK: WorkerStack = WorkerStack([0; WORKER_STACK_SIZE]);
+
+/// The stretch being read, shared with the worker thread (written before it starts).
+struct Reads {
+    ops: *const Op,
+    n: usize,
+    image_fd: isize,
+    /// (buffered fd, O_DIRECT fd or -1) per image file.
+    sources: [(isize, isize); MAX_SOURCES],
+    n_sources: usize,
+}
+static mut READS: Reads = Reads {
+    ops: core::ptr::null(),
+    n: 0,
+    image_fd: -1,
+    sources: [(-1, -1); MAX_SOURCES],
+    n_sources: 0,
+};
+static NEXT: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+/// The worker's tid; the kernel clears it (and wakes a futex waiter) when the worker exits.
+static WORKER_TID: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+fn crc_tables() -> &'static ckpt_plan::crc::Crc32c {
+    // SAFETY: initialised by read_all before any reader runs, read-only afterwards.
+    unsafe { &*core::ptr::addr_of!(CRC) }
+}
+
+fn reads() -> &'static Reads {
+    // SAFETY: written by read_all before the worker starts, read-only while reads run.
+    unsafe { &*core::ptr::addr_of!(READS) }
+}
+
+/// Opens a second, O_DIRECT description of `fd` (via /proc/self/fd); -1 if refused.
+fn open_direct(fd: isize) -> isize {
+    let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
+    let mut d = [0u8; 20];
+    let digits = dec(fd as u64, &mut d);
+    path[14..14 + digits.len()].copy_from_slice(digits);
+    // SAFETY: NUL-terminated path (the array's tail is zero).
+    let r = unsafe { sc3(SYS_OPEN, path.as_ptr() as usize, O_DIRECT | O_CLOEXEC, 0) };
+    if r < 0 {
+        -1
+    } else {
+        r
+    }
+}
+
+fn direct_for(fd: isize) -> isize {
+    let rd = reads();
+    for &(f, d) in &rd.sources[..rd.n_sources] {
+        if f == fd {
+            return d;
+        }
+    }
+    -1
+}
+
+/// Reads `ops[lo..hi]` (all OP_READ) and verifies them; returns when all are in place.
+fn read_all(plan: &PlanHeader, ops: &[Op], lo: usize, hi: usize) {
+    let stretch = &ops[lo..hi];
+    // SAFETY: single-threaded here: no reader runs yet.
+    unsafe {
+        (*core::ptr::addr_of_mut!(CRC)).init();
+        let r = &mut *core::ptr::addr_of_mut!(READS);
+        r.ops = stretch.as_ptr();
+        r.n = stretch.len();
+        r.image_fd = plan.image_fd as isize;
+        r.n_sources = 0;
+        for op in stretch {
+            let fd = if op.fd >= 0 { op.fd as isize } else { plan.image_fd as isize };
+            if r.sources[..r.n_sources].iter().any(|&(f, _)| f == fd) {
+                continue;
+            }
+            if r.n_sources == MAX_SOURCES {
+                die("page data comes from too many image files", MAX_SOURCES as u64, 0);
+            }
+            r.sources[r.n_sources] = (fd, open_direct(fd));
+            r.n_sources += 1;
+        }
+    }
+    NEXT.store(0, core::sync::atomic::Ordering::SeqCst);
+    let total: u64 = stretch.iter().map(|o| o.len).sum();
+    let two = plan.read_threads >= 2 && stretch.len() >= 2 && total >= PARALLEL_MIN;
+    if two {
+        spawn_worker();
+    }
+    claim_reads();
+    if two {
+        wait_worker();
+    }
+    for &(_, d) in &reads().sources[..reads().n_sources] {
+        if d >= 0 {
+            // SAFETY: closing the O_DIRECT descriptor we opened.
+            unsafe { sc3(SYS_CLOSE, d as usize, 0, 0) };
+        }
+    }
+}
+
+/// Claims and executes reads until none is left (both threads run this).
+fn claim_reads() {
+    let rd = reads();
+    loop {
+        let i = NEXT.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        if i >= rd.n {
+            return;
+        }
+        // SAFETY: i < n; the ops live in the plan mapping for the whole restore.
+        let op = unsafe { &*rd.ops.add(i) };
+        read_one(op);
+    }
+}
+
+fn read_one(op: &Op) {
+    let rd = reads();
+    let fd = if op.fd >= 0 { op.fd as isize } else { rd.image_fd };
+    let mut dfd = direct_for(fd);
+    let crc = crc_tables();
+    let mut sum = 0u32;
+    let mut done = 0u64;
+    while done < op.len {
+        let n = (op.len - done).min(READ_CHUNK) as usize;
+        let dst = (op.addr + done) as usize;
+        let off = (op.off + done) as usize;
+        let mut r;
+        if dfd >= 0 && !cached(fd, off, n) {
+            // Not (all) in the page cache: straight from the disk into the destination,
+            // instead of through new page-cache pages and a copy.
+            // SAFETY: pread into the writable destination; page aligned (format rule).
+            r = unsafe { sc6(SYS_PREAD64, dfd as usize, dst, n, off, 0, 0) };
+            if r == -EINVAL {
+                dfd = -1;
+                continue;
+            }
+        } else {
+            // SAFETY: the destination was mapped writable by an earlier op.
+            r = unsafe { sc6(SYS_PREAD64, fd as usize, dst, n, off, 0, 0) };
+        }
+        if r == -EINTR {
+            continue;
+        }
+        if r <= 0 {
+            read_failed(op, fd, op.addr + done, r);
+        }
+        // SAFETY: the kernel just wrote r bytes at dst.
+        let placed = unsafe { core::slice::from_raw_parts(dst as *const u8, r as usize) };
+        sum = crc.append(sum, placed);
+        done += r as u64;
+    }
+    if sum != op.crc {
+        crc_mismatch(op, fd, sum);
+    }
+}
+
+/// Whether every page of `[off, off + len)` of `fd` is in the page cache (cachestat(2),
+/// Linux 6.5; which, unlike a RWF_NOWAIT read, starts no readahead). Without cachestat:
+/// assume it is (buffered reads, as before O_DIRECT was used).
+fn cached(fd: isize, off: usize, len: usize) -> bool {
+    let range = [off as u64, len as u64];
+    let mut st = [0u64; 5];
+    // SAFETY: cachestat(fd, &range, &st, 0) into local buffers of the kernel's layout.
+    let r = unsafe {
+        sc6(SYS_CACHESTAT, fd as usize, range.as_ptr() as usize, st.as_mut_ptr() as usize, 0, 0, 0)
+    };
+    if r < 0 {
+        return true;
+    }
+    st[0] >= (len as u64).div_ceil(PAGE)
+}
+
+/// Writes the path of `fd` (from /proc/self/fd) to stderr.
+fn write_fd_path(fd: isize) {
+    let mut link = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
+    let mut d = [0u8; 20];
+    let digits = dec(fd as u64, &mut d);
+    link[14..14 + digits.len()].copy_from_slice(digits);
+    let mut buf = [0u8; 512];
+    // SAFETY: readlink into a local buffer.
+    let r = unsafe { sc3(SYS_READLINK, link.as_ptr() as usize, buf.as_mut_ptr() as usize, buf.len()) };
+    if r > 0 {
+        write_all(2, &buf[..r as usize]);
+    } else {
+        write_all(2, b"the image");
+    }
+}
+
+fn read_failed(_op: &Op, fd: isize, at: u64, r: isize) -> ! {
+    let (mut h, mut d) = ([0u8; 18], [0u8; 20]);
+    write_all(2, b"ckpt-restore: fatal: reading the page data for address ");
+    write_all(2, hex(at, &mut h));
+    write_all(2, b" from ");
+    write_fd_path(fd);
+    if r == 0 {
+        write_all(2, b" failed: the file ends early (truncated image)");
+    } else {
+        write_all(2, b" failed: errno ");
+        write_all(2, dec((-r) as u64, &mut d));
+    }
+    write_all(2, b"; the restore is abandoned\n");
+    exit(127)
+}
+
+/// The address space is gone at this point: say exactly what is damaged and exit.
+fn crc_mismatch(op: &Op, fd: isize, got: u32) -> ! {
+    let (mut h, mut d) = ([0u8; 18], [0u8; 20]);
+    write_all(2, b"ckpt-restore: fatal: the image is damaged: the page data for address ");
+    write_all(2, hex(op.addr, &mut h));
+    write_all(2, b" (");
+    write_all(2, dec(op.len, &mut d));
+    write_all(2, b" bytes at file offset ");
+    write_all(2, dec(op.off, &mut d));
+    write_all(2, b" of ");
+    write_fd_path(fd);
+    write_all(2, b") has checksum ");
+    write_all(2, &hex(got as u64, &mut h)[10..]);
+    write_all(2, b", the image records ");
+    write_all(2, &hex(op.crc as u64, &mut h)[10..]);
+    write_all(2, b" (CRC-32C); the restore is abandoned\n");
+    exit(127)
+}
+
+/// Starts the second reader: a bare thread (no TLS, no libc) on its own stack in our
+/// window, sharing everything; it runs `claim_reads` and exits.
+fn spawn_worker() {
+    const CLONE_VM: usize = 0x100;
+    const CLONE_FS: usize = 0x200;
+    const CLONE_FILES: usize = 0x400;
+    const CLONE_SIGHAND: usize = 0x800;
+    const CLONE_THREAD: usize = 0x10000;
+    const CLONE_SYSVSEM: usize = 0x40000;
+    const CLONE_PARENT_SETTID: usize = 0x100000;
+    const CLONE_CHILD_CLEARTID: usize = 0x200000;
+    let flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM
+        | CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID;
+    let top = core::ptr::addr_of_mut!(WORKER_STACK) as usize + WORKER_STACK_SIZE;
+    let tid = WORKER_TID.as_ptr() as usize;
+    let r: isize;
+    // SAFETY: clone(2) of a thread onto a stack nobody else uses; the child calls
+    // worker_main at once (which never returns) and touches nothing of ours but the
+    // shared statics of the read stretch.
+    unsafe {
+        asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "call {entry}",
+            "ud2",
+            "2:",
+            entry = sym worker_main,
+            inlateout("rax") SYS_CLONE as isize => r,
+            in("rdi") flags,
+            in("rsi") top,
+            in("rdx") tid,
+            in("r10") tid,
+            in("r8") 0usize,
+            lateout("rcx") _, lateout("r11") _,
+        );
+    }
+    if r < 0 {
+        // Not fatal: this thread reads everything.
+        WORKER_TID.store(0, core::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+extern "C" fn worker_main() -> ! {
+    claim_reads();
+    loop {
+        // SAFETY: exit(0) ends this thread only; the kernel then clears WORKER_TID.
+        unsafe { sc3(SYS_EXIT, 0, 0, 0) };
+    }
+}
+
+fn wait_worker() {
+    loop {
+        let t = WORKER_TID.load(core::sync::atomic::Ordering::SeqCst);
+        if t == 0 {
+            return;
+        }
+        // SAFETY: futex wait on our own static word until the kernel clears it.
+        unsafe { sc6(SYS_FUTEX, WORKER_TID.as_ptr() as usize, FUTEX_WAIT, t as usize, 0, 0, 0) };
+    }
+}
+
 fn run_ops(plan: &PlanHeader, ops: &[Op]) {
-    for (i, op) in ops.iter().enumerate() {
+    let mut i = 0;
+    while i < ops.len() {
+        let op = &ops[i];
         match op.kind {
             OP_MAP_ANON | OP_MAP_FILE | OP_MAP_SHARED_FILE => {
                 let mut flags = MAP_FIXED;
@@ -297,28 +599,14 @@ fn run_ops(plan: &PlanHeader, ops: &[Op]) {
                 }
             }
             OP_READ => {
-                let mut done = 0u64;
-                while done < op.len {
-                    // SAFETY: the destination was mapped writable by an earlier op.
-                    let r = unsafe {
-                        sc6(
-                            SYS_PREAD64,
-                            plan.image_fd as usize,
-                            (op.addr + done) as usize,
-                            (op.len - done) as usize,
-                            (op.off + done) as usize,
-                            0,
-                            0,
-                        )
-                    };
-                    if r == -EINTR {
-                        continue;
-                    }
-                    if r <= 0 {
-                        die("reading page data from the image failed (address, errno)", op.addr + done, (-r) as u64);
-                    }
-                    done += r as u64;
+                // A stretch of reads: executed together, possibly by two threads.
+                let mut j = i + 1;
+                while j < ops.len() && ops[j].kind == OP_READ {
+                    j += 1;
                 }
+                read_all(plan, ops, i, j);
+                i = j;
+                continue;
             }
             OP_PROTECT => {
                 // SAFETY: changes protection of a region mapped by an earlier op.
@@ -329,6 +617,7 @@ fn run_ops(plan: &PlanHeader, ops: &[Op]) {
             }
             _ => die("unknown plan operation", op.kind as u64, i as u64),
         }
+        i += 1;
     }
 }
 

@@ -17,6 +17,16 @@ pub const SYS_MREMAP: usize = 25;
 pub const SYS_PRCTL: usize = 157;
 pub const SYS_ARCH_PRCTL: usize = 158;
 pub const SYS_EXIT_GROUP: usize = 231;
+pub const SYS_CLONE: usize = 56;
+pub const SYS_EXIT: usize = 60;
+pub const SYS_READLINK: usize = 89;
+pub const SYS_FUTEX: usize = 202;
+pub const SYS_PREADV2: usize = 327;
+pub const SYS_CACHESTAT: usize = 451;
+pub const O_DIRECT: usize = 0o40000;
+pub const O_CLOEXEC: usize = 0o2000000;
+pub const FUTEX_WAIT: usize = 0;
+pub const EINVAL: isize = 22;
 
 pub const PROT_R: usize = 1;
 pub const MAP_PRIVATE: usize = 0x02;
@@ -101,6 +111,20 @@ pub fn die(msg: &str, v1: u64, v2: u64) -> ! {
     write_all(2, hex(v2, &mut b));
     write_all(2, b"\n");
     exit(127)
+}
+
+/// Decimal digits of `v` (into the tail of `out`).
+pub fn dec(mut v: u64, out: &mut [u8; 20]) -> &[u8] {
+    let mut i = out.len();
+    loop {
+        i -= 1;
+        out[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    &out[i..]
 }
 
 pub fn warn(msg: &str, v: u64) {

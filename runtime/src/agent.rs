@@ -318,30 +318,66 @@ fn high_fd(fd: RawFd) -> RawFd {
     }
 }
 
+/// Connects to the coordinator and authenticates (challenge-response over the job secret
+/// `DIR/coordinator.secret`; the secret never leaves this process). `socket` is a UNIX
+/// socket path or `tcp:HOST:PORT`; when it cannot be reached (a job on several hosts, or a
+/// coordinator restarted on another port), the address in `DIR/coordinator.addr` is tried.
+/// A TCP connection is carried in a `UnixStream` (only read/write/shutdown/timeouts are
+/// used on it, which are the same system calls for both kinds of socket).
 fn connect(socket: &str, restored_from: Option<u64>) -> Result<UnixStream, String> {
-    let s = UnixStream::connect(socket).map_err(|e| e.to_string())?;
-    let fd = high_fd(s.into_raw_fd_compat());
+    fn tcp(addr: &str) -> Result<RawFd, String> {
+        use std::net::{TcpStream, ToSocketAddrs};
+        let mut last = format!("{addr}: no address");
+        for a in addr.to_socket_addrs().map_err(|e| format!("{addr}: {e}"))? {
+            match TcpStream::connect_timeout(&a, std::time::Duration::from_secs(5)) {
+                Ok(t) => {
+                    let _ = t.set_nodelay(true);
+                    return Ok(std::os::fd::IntoRawFd::into_raw_fd(t));
+                }
+                Err(e) => last = format!("tcp:{a}: {e}"),
+            }
+        }
+        Err(last)
+    }
+    let dir = Path::new(&config().ckpt_dir);
+    let from_addr_file = |first: String| -> Result<RawFd, String> {
+        match std::fs::read_to_string(dir.join(proto::ADDR_FILE)) {
+            Ok(a) => match a.trim().strip_prefix("tcp:") {
+                Some(addr) if !socket.ends_with(addr) => {
+                    tcp(addr).map_err(|e| format!("{first}; {e}"))
+                }
+                _ => Err(first),
+            },
+            Err(_) => Err(first),
+        }
+    };
+    let raw = match socket.strip_prefix("tcp:") {
+        Some(addr) => tcp(addr).or_else(from_addr_file)?,
+        None => match UnixStream::connect(socket) {
+            Ok(s) => s.into_raw_fd_compat(),
+            Err(e) => from_addr_file(e.to_string())?,
+        },
+    };
+    let fd = high_fd(raw);
     COORD_FD.store(fd, Ordering::Relaxed);
     // SAFETY: fd is a connected socket we own.
     let mut s = unsafe { UnixStream::from_raw_fd(fd) };
-    let hello = Message::Hello {
-        protocol_version: proto::PROTOCOL_VERSION,
-        role: Role::Process(ProcessInfo {
-            vpid: vids::VPID.load(Ordering::Relaxed),
-            real_pid: sys::getpid_real(),
-            host: hostname(),
-            program: process::comm_of(vids::REAL_PID.load(Ordering::Relaxed)),
-            restored_from,
-            features: features(),
-            rank: config().rank,
-        }),
-    };
-    proto::write_msg(&mut s, &hello).map_err(|e| e.to_string())?;
-    match proto::read_msg(&mut s).map_err(|e| e.to_string())? {
-        Message::Welcome { .. } => Ok(s),
-        Message::Refused { reason } => Err(format!("refused: {reason}")),
-        m => Err(format!("unexpected answer {m:?}")),
-    }
+    let secret =
+        proto::auth::read_secret(&dir.join(proto::auth::SECRET_FILE)).map_err(|e| e.to_string())?;
+    let role = Role::Process(ProcessInfo {
+        vpid: vids::VPID.load(Ordering::Relaxed),
+        real_pid: sys::getpid_real(),
+        host: hostname(),
+        program: process::comm_of(vids::REAL_PID.load(Ordering::Relaxed)),
+        restored_from,
+        features: features(),
+        rank: config().rank,
+    });
+    // A coordinator that stalls the handshake must not hang the checkpoint thread.
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    proto::auth::client_handshake(&mut s, role, &secret).map_err(|e| e.to_string())?;
+    let _ = s.set_read_timeout(None);
+    Ok(s)
 }
 
 trait IntoRawFdCompat {
@@ -391,6 +427,8 @@ struct Cycle {
     /// Drained bytes are out of their pipes (in `captured` or in STATE).
     drained: bool,
     child: Option<Child>,
+    /// Shared memory copied at the snapshot, until the image is written.
+    shm: Vec<crate::shm::Copy>,
 }
 
 struct Captured {
@@ -425,6 +463,7 @@ impl Cycle {
         if let Some(c) = self.child.take() {
             c.kill();
         }
+        self.shm.clear();
     }
 }
 
@@ -472,6 +511,7 @@ fn serve(stream: &mut UnixStream) -> Outcome {
                 generation,
                 phase,
                 dir,
+                hold,
             } => {
                 let res: Result<(), String> = match phase {
                     Phase::Suspend => match threads::suspend_all(sig, 10_000) {
@@ -488,20 +528,33 @@ fn serve(stream: &mut UnixStream) -> Outcome {
                         cy.captured = Some(c);
                         cy.drained = true;
                     }),
-                    Phase::Snapshot => match cy.captured.take() {
-                        None => Err("snapshot requested before the drain phase".into()),
-                        Some(c) => match snapshot(generation, &dir, c) {
-                            Ok(Snap::Writer(c)) => {
-                                cy.child = Some(c);
-                                Ok(())
+                    Phase::Snapshot => match crate::shm::copy_all() {
+                        Err(e) => Err(e),
+                        Ok(copies) => {
+                            cy.shm = copies;
+                            match cy.captured.take() {
+                                None => Err("snapshot requested before the drain phase".into()),
+                                Some(c) => match snapshot(generation, &dir, c) {
+                                    Ok(Snap::Writer(c)) => {
+                                        cy.child = Some(c);
+                                        Ok(())
+                                    }
+                                    Ok(Snap::Restored) => {
+                                        // The copies' buffers were not inherited by the
+                                        // snapshot: they do not exist in this process.
+                                        std::mem::forget(std::mem::take(&mut cy.shm));
+                                        return Outcome::Restored(generation);
+                                    }
+                                    Err(e) => Err(e),
+                                },
                             }
-                            Ok(Snap::Restored) => return Outcome::Restored(generation),
-                            Err(e) => Err(e),
-                        },
+                        }
                     },
                     Phase::Refill => cy.refill(),
                     Phase::Resume => {
-                        if cy.suspended_at.is_some() {
+                        // With `hold` the job ends after this checkpoint: the threads stay
+                        // parked (a later Abort lets them run on).
+                        if cy.suspended_at.is_some() && !hold {
                             threads::resume_all();
                         }
                         Ok(())
@@ -535,9 +588,14 @@ fn serve(stream: &mut UnixStream) -> Outcome {
                     }
                 }
                 if phase == Phase::Resume {
-                    let stopped = cy
-                        .suspended_at
-                        .take()
+                    // Held threads stay recorded as suspended, so that an Abort or a lost
+                    // coordinator still lets them run on.
+                    let since = if hold {
+                        cy.suspended_at
+                    } else {
+                        cy.suspended_at.take()
+                    };
+                    let stopped = since
                         .map(|t| (sys::monotonic_ns() - t) as f64 / 1e9)
                         .unwrap_or(0.0);
                     if let Some(c) = cy.child.take() {
@@ -545,7 +603,8 @@ fn serve(stream: &mut UnixStream) -> Outcome {
                             vids::VPID.load(Ordering::Relaxed),
                         );
                         let t0 = sys::monotonic_ns();
-                        let res = write_image(generation, &dir, c.pid);
+                        let res = write_image(generation, &dir, c.pid, &cy.shm);
+                        cy.shm.clear();
                         c.kill();
                         let m = match res.map(|b| (b, (sys::monotonic_ns() - t0) as f64 / 1e9)) {
                             Ok((bytes, write_seconds)) => Message::Written(ImageWritten {
@@ -711,7 +770,12 @@ fn parked_threads() -> Vec<ThreadMeta> {
 }
 
 /// Writes `dir/proc-<vpid>.img` durably from the frozen snapshot process `snap`.
-fn write_image(generation: u64, dir: &str, snap: i32) -> Result<u64, String> {
+fn write_image(
+    generation: u64,
+    dir: &str,
+    snap: i32,
+    shm: &[crate::shm::Copy],
+) -> Result<u64, String> {
     let st = state();
     let maps = std::fs::read_to_string(format!("/proc/{snap}/maps"))
         .map_err(|e| format!("reading the snapshot's maps: {e}"))?;
@@ -739,7 +803,9 @@ fn write_image(generation: u64, dir: &str, snap: i32) -> Result<u64, String> {
     let cfg = config();
     let bytes = ckpt_image::write_image_atomically(&path, |w| {
         w.begin_pages()?;
-        let runs = memory::write_regions(w, &mut regions, &mem, pagemap.as_ref())?;
+        let mut runs = memory::write_regions(w, &mut regions, &mem, pagemap.as_ref())?;
+        runs.extend(crate::shm::write(w, &mut regions, shm)?);
+        runs.sort_by_key(|r| r.addr);
         w.end_pages()?;
         w.add_page_map(&runs)?;
         let meta = ProcessMeta {
@@ -966,7 +1032,7 @@ fn post_restart() -> Result<(), String> {
 /// is kept in the checkpoint directory, and the image maps that copy.
 fn stash_runtime(regions: &mut [Classified]) {
     use std::os::unix::fs::MetadataExt;
-    let me = stash_runtime as usize as u64;
+    let me = stash_runtime as *const () as usize as u64;
     let Some(path) = regions.iter().find_map(|c| match &c.region.kind {
         RegionKind::File { path, .. } if c.region.start <= me && me < c.region.end => {
             Some(path.clone())
@@ -987,12 +1053,22 @@ fn stash_runtime(regions: &mut [Classified]) {
     ));
     if !stash.exists() {
         let tmp = dir.join(format!(".libckpt-{}.tmp", sys::getpid_real()));
-        let copied = std::fs::create_dir_all(&dir)
+        // Several processes of a job may do this at once: the first link wins and the copy
+        // is never replaced (a replaced file would not be the one earlier images recorded).
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let copied = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
             .and_then(|_| std::fs::copy(&path, &tmp))
+            .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)))
             .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-            .and_then(|_| std::fs::rename(&tmp, &stash));
+            .and_then(|_| match std::fs::hard_link(&tmp, &stash) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                r => r,
+            });
+        let _ = std::fs::remove_file(&tmp);
         if let Err(e) = copied {
-            let _ = std::fs::remove_file(&tmp);
             warn!(
                 "cannot keep a copy of the runtime in {}: {e}; restarts need {path} unchanged",
                 dir.display()

@@ -107,7 +107,12 @@ fn describe_in(fd: i32, skip: &[i32]) -> Result<Option<FdMeta>, String> {
     if fd <= 2 {
         if !crate::tree::is_root() {
             if let Ok(Some(m)) = classify(fd, fl, cloexec, skip) {
-                return Ok(Some(m));
+                // A pipe to outside the job (the terminal's pipe of the shell that ran
+                // the job) comes from the restarting command, through the root.
+                let outside = matches!(m.kind, FdKind::Pipe { inode, write_end, .. } if !crate::tree::pipe_in_job(inode, !write_end));
+                if !outside {
+                    return Ok(Some(m));
+                }
             }
         }
         return Ok(Some(FdMeta {

@@ -22,6 +22,7 @@ mod memfd;
 mod memory;
 mod pipes;
 mod process;
+mod shm;
 mod signalfd;
 mod signals;
 mod sys;

@@ -72,6 +72,9 @@ pub enum Policy {
     FileCow,
     /// Every page (the file is gone or changed: its bytes must come from the image).
     All,
+    /// Shared memory: copied while the program is stopped (see `shm`), never read from the
+    /// running snapshot (the program may change it meanwhile).
+    Shared,
 }
 
 pub struct Classified {
@@ -123,11 +126,32 @@ pub fn classify(e: &MapsEntry) -> Result<Option<Classified>, String> {
                 }
             }
         }
+        // Shared memory with nothing durable behind it: its pages are saved by one process
+        // of the job (see `tree::shm_saver`) while the threads are stopped.
+        let anon_like = e.name.is_empty()
+            || e.name.ends_with(" (deleted)")
+            || e.name.starts_with("/SYSV")
+            || e.name.starts_with("/memfd:");
+        if anon_like {
+            return mk(
+                RegionKind::SharedMem {
+                    ino: e.ino,
+                    pgoff: e.offset / PAGE,
+                    name: e.name.clone(),
+                    saved: false,
+                },
+                Policy::Shared,
+            );
+        }
         return Err(format!(
-            "shared memory mapping {:#x}-{:#x} ({}) is not supported yet (MAP_SHARED memory comes with process-tree support)",
+            "shared memory mapping {:#x}-{:#x} ({}) is not supported yet",
             e.start,
             e.end,
-            if e.name.is_empty() { "anonymous" } else { &e.name }
+            if e.name.is_empty() {
+                "anonymous"
+            } else {
+                &e.name
+            }
         ));
     }
     match e.name.as_str() {
@@ -171,10 +195,28 @@ fn is_zero(p: &[u8]) -> bool {
     pre.iter().all(|&b| b == 0) && mid.iter().all(|&w| w == 0) && post.iter().all(|&b| b == 0)
 }
 
+/// Pages per pagemap look-up.
+const BATCH: usize = 1024;
+/// Bytes read from the snapshot per system call: small enough that the zero scan and the
+/// CRC that follow find the bytes still in the cache.
+const READ_SPAN: usize = 256 << 10;
+/// Page-data buffers of the writer: while the kernel writes one, the next is filled.
+const SINK_BUFFERS: usize = 4;
+const SINK_BUFFER: usize = 4 << 20;
+/// Longest page run: the restorer reads runs in parallel and checks one CRC per run.
+const RUN_MAX: u64 = 4 << 20;
+
 /// Writes the selected pages of every region of the frozen snapshot process whose memory
 /// is `mem` (/proc/<pid>/mem) and page map `pagemap`; returns the runs and fills
 /// `stored_bytes`. The snapshot process never runs again, so what is read is exactly the
 /// memory at the instant of the snapshot, and each run's checksum covers the bytes written.
+///
+/// One pass over the data: the bytes are read from the snapshot straight into the
+/// writer's page-aligned buffer; each page is checked for zeros and, if kept, moved down
+/// over the dropped ones and added to its run's CRC-32C while it is in the cache; full
+/// buffers are written with O_DIRECT and asynchronous I/O while the next one is filled
+/// (see `ImageWriter::page_sink`). No thread is started: this also runs while the
+/// program's threads stay parked (`checkpoint --kill`).
 pub fn write_regions(
     w: &mut ImageWriter,
     regions: &mut [Classified],
@@ -182,21 +224,23 @@ pub fn write_regions(
     pagemap: Option<&std::fs::File>,
 ) -> Result<Vec<PageRun>, ImageError> {
     use std::os::unix::fs::FileExt;
-    const BATCH: usize = 1024; // pages: 4 MiB
-    let mut runs = Vec::new();
+    let mut sink = w.page_sink(SINK_BUFFERS, SINK_BUFFER, ckpt_image::PageIo::preferred())?;
+    let mut runs: Vec<PageRun> = Vec::new();
     let mut pm: Vec<u64> = vec![0; BATCH];
-    let mut buf: Vec<u8> = vec![0; BATCH * PAGE as usize];
-    let mut cand = [false; BATCH];
+    let mut cand = vec![false; BATCH];
+    let page = PAGE as usize;
     for c in regions.iter_mut() {
-        if c.policy == Policy::None {
+        if c.policy == Policy::None || c.policy == Policy::Shared {
             continue;
         }
+        // The run being built (runs never cross a region's end).
+        let mut open: Option<PageRun> = None;
         let r = &mut c.region;
         let npages = ((r.end - r.start) / PAGE) as usize;
-        let mut page = 0usize;
-        while page < npages {
-            let n = (npages - page).min(BATCH);
-            let base = r.start + page as u64 * PAGE;
+        let mut done = 0usize;
+        while done < npages {
+            let n = (npages - done).min(BATCH);
+            let base = r.start + done as u64 * PAGE;
             let have_pm = match pagemap {
                 Some(f) if c.policy != Policy::All => {
                     // SAFETY: viewing the u64 buffer as bytes for reading into it.
@@ -219,8 +263,6 @@ pub fn write_regions(
                     true
                 };
             }
-            // Read each stretch of candidate pages, then store its non-zero (anonymous) or
-            // all (file copy-on-write) pages as runs.
             let mut i = 0;
             while i < n {
                 if !cand[i] {
@@ -228,42 +270,71 @@ pub fn write_regions(
                     continue;
                 }
                 let mut j = i;
-                while j < n && cand[j] {
+                while j < n && cand[j] && (j - i) * page < READ_SPAN {
                     j += 1;
                 }
-                let off = i * PAGE as usize;
-                let len = (j - i) * PAGE as usize;
-                let addr = base + off as u64;
-                mem.read_exact_at(&mut buf[off..off + len], addr)
+                // Read pages i..j (as many as fit in the buffer) into the sink's space.
+                let file_at = sink.offset();
+                let space = sink.space()?;
+                let take = (j - i).min(space.len() / page);
+                let len = take * page;
+                let addr = base + i as u64 * PAGE;
+                mem.read_exact_at(&mut space[..len], addr)
                     .map_err(|e| ImageError::Io {
                         path: std::path::PathBuf::from("/proc/<snapshot>/mem"),
                         op: "read memory at the snapshot",
                         source: std::io::Error::new(e.kind(), format!("{addr:#x}+{len:#x}: {e}")),
                     })?;
-                let mut k = i;
-                while k < j {
-                    let keep = |p: usize| {
-                        c.policy != Policy::Anon
-                            || !is_zero(&buf[p * PAGE as usize..(p + 1) * PAGE as usize])
-                    };
-                    if !keep(k) {
-                        k += 1;
+                let mut kept = 0usize;
+                for p in 0..take {
+                    let src = p * page;
+                    let page_addr = addr + src as u64;
+                    if c.policy == Policy::Anon && is_zero(&space[src..src + page]) {
+                        if let Some(run) = open.take() {
+                            runs.push(run);
+                        }
                         continue;
                     }
-                    let mut m = k;
-                    while m < j && keep(m) {
-                        m += 1;
+                    let dst = kept * page;
+                    if dst != src {
+                        space.copy_within(src..src + page, dst);
                     }
-                    let bytes = &buf[k * PAGE as usize..m * PAGE as usize];
-                    runs.push(w.write_pages(base + k as u64 * PAGE, bytes)?);
-                    r.stored_bytes += bytes.len() as u64;
-                    k = m;
+                    let bytes = &space[dst..dst + page];
+                    let page_off = file_at + dst as u64;
+                    match &mut open {
+                        Some(run)
+                            if run.addr + run.len == page_addr
+                                && run.offset + run.len == page_off
+                                && run.len < RUN_MAX =>
+                        {
+                            run.crc32c = crc32c::crc32c_append(run.crc32c, bytes);
+                            run.len += PAGE;
+                        }
+                        _ => {
+                            if let Some(run) = open.take() {
+                                runs.push(run);
+                            }
+                            open = Some(PageRun {
+                                addr: page_addr,
+                                len: PAGE,
+                                offset: page_off,
+                                crc32c: crc32c::crc32c(bytes),
+                            });
+                        }
+                    }
+                    kept += 1;
                 }
-                i = j;
+                sink.commit(kept * page)?;
+                r.stored_bytes += (kept * page) as u64;
+                i += take;
             }
-            page += n;
+            done += n;
+        }
+        if let Some(run) = open.take() {
+            runs.push(run);
         }
     }
+    sink.finish()?;
     Ok(runs)
 }
 
@@ -289,7 +360,10 @@ mod tests {
             classify(&m[2]).unwrap().unwrap().region.kind,
             RegionKind::Vdso
         ));
-        assert!(classify(&m[3]).is_err());
+        assert!(matches!(
+            classify(&m[3]).unwrap().unwrap().region.kind,
+            RegionKind::SharedMem { ino: 99, .. }
+        ));
         // A shared read-only mapping of an existing file is re-mapped, nothing stored.
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         use std::os::unix::fs::MetadataExt;

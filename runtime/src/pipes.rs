@@ -36,7 +36,9 @@ fn inodes(fds: &[FdMeta]) -> Vec<u64> {
 pub fn check(fds: &[FdMeta]) -> Result<(), String> {
     for ino in inodes(fds) {
         let (r, w) = (ends(fds, ino, false), ends(fds, ino, true));
-        if (r.is_empty() || w.is_empty()) && !crate::tree::pipe_in_job(ino) {
+        let missing_ok = (!r.is_empty() || crate::tree::pipe_in_job(ino, false))
+            && (!w.is_empty() || crate::tree::pipe_in_job(ino, true));
+        if !missing_ok {
             let (fd, missing) = if r.is_empty() {
                 (w[0], "read")
             } else {

@@ -232,7 +232,13 @@ pub fn children(except: &[i32]) -> Vec<i32> {
 /// Whether process `pid` has the runtime loaded (a zombie has no memory: false).
 pub fn runs_runtime(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .map(|m| m.lines().any(|l| l.ends_with("/libckpt.so")))
+        .map(|m| {
+            // The runtime is libckpt.so, or after a restore its copy libckpt-<version>.so.
+            m.lines().any(|l| {
+                let name = l.rsplit('/').next().unwrap_or("");
+                l.contains('/') && name.starts_with("libckpt") && name.ends_with(".so")
+            })
+        })
         .unwrap_or(false)
 }
 

@@ -55,8 +55,9 @@ fn job_processes() -> Vec<i32> {
     out
 }
 
-/// Whether another process of the job holds an end of pipe `inode`.
-pub fn pipe_in_job(inode: u64) -> bool {
+/// Whether another process of the job holds the write end (`write`) or the read end of
+/// pipe `inode`.
+pub fn pipe_in_job(inode: u64, write: bool) -> bool {
     let me = crate::sys::getpid_real();
     let want = format!("pipe:[{inode}]");
     for p in job_processes() {
@@ -65,16 +66,48 @@ pub fn pipe_in_job(inode: u64) -> bool {
         }
         if let Ok(fds) = crate::sys::list_numeric_dir(&format!("/proc/{p}/fd")) {
             for fd in fds {
-                if std::fs::read_link(format!("/proc/{p}/fd/{fd}"))
+                let same = std::fs::read_link(format!("/proc/{p}/fd/{fd}"))
                     .map(|l| l.to_string_lossy() == want)
-                    .unwrap_or(false)
-                {
+                    .unwrap_or(false);
+                if same && fd_is_write(p, fd) == write {
                     return true;
                 }
             }
         }
     }
     false
+}
+
+/// Whether this process saves shared-memory object `ino`: of the job's processes that map
+/// it, the one with the lowest pid does (all of them compute the same answer while the job
+/// is stopped).
+pub fn shm_saver(ino: u64) -> bool {
+    let me = crate::sys::getpid_real();
+    let maps_it = |p: i32| {
+        std::fs::read_to_string(format!("/proc/{p}/maps"))
+            .map(|m| {
+                crate::memory::parse_maps(&m)
+                    .iter()
+                    .any(|e| e.shared && e.ino == ino)
+            })
+            .unwrap_or(false)
+    };
+    !job_processes()
+        .into_iter()
+        .any(|p| p < me && p != me && maps_it(p))
+}
+
+/// Whether fd `fd` of process `pid` is open for writing (from its fdinfo flags).
+fn fd_is_write(pid: i32, fd: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|v| i32::from_str_radix(v.trim(), 8).ok())
+        })
+        .map(|f| f & libc::O_ACCMODE != libc::O_RDONLY)
+        .unwrap_or(false)
 }
 
 /// Read ends of pipes whose bytes another process may drain too. Each process of the job

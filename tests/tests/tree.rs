@@ -1,0 +1,60 @@
+//! Process trees: several processes of one job, checkpointed as one consistent cut and
+//! restored together, twice, each verifying its own state.
+
+use ckpt_tests::*;
+
+fn run(name: &str, program: &std::path::Path, args: &[&str]) {
+    let sb = Sandbox::new(name);
+    match corpus_cycle(&sb, name, program, args) {
+        Ok(run) => println!("{name}: PASS\n{}", summarize(&run.cycles)),
+        Err(e) => panic!("\n{e}"),
+    }
+}
+
+/// A parent and two children joined by two pipes exchanging numbered words: no word lost,
+/// duplicated or reordered across two restarts; pids, parent pids, kill and waitpid of
+/// the children as before.
+#[test]
+fn parent_two_children_pipes() {
+    run("tree", &programs().path("tree"), &["300"]);
+}
+
+/// A shell pipeline `produce | square | consume` run by bash: bash, three programs and the
+/// two pipes between them are restored together; the consumer checks every line.
+#[test]
+fn shell_pipeline() {
+    run("pipeline", &programs().path("pipeline"), &["300"]);
+}
+
+/// A parent and two children sharing MAP_SHARED anonymous memory with a process-shared
+/// mutex: after each restart the memory is still one object (the children's writes reach
+/// the parent; total = sum of counters) and its contents are intact.
+#[test]
+fn shared_anonymous_memory() {
+    run("shm", &programs().path("shm"), &["300"]);
+}
+
+/// Standalone, both programs pass, and detect damage to their own state.
+#[test]
+fn tree_programs_self_check() {
+    for (name, args) in [
+        ("tree", vec!["12"]),
+        ("pipeline", vec!["12"]),
+        ("shm", vec!["12"]),
+    ] {
+        let prog = programs().path(name);
+        let t = std::time::Duration::from_secs(60);
+        let (out, lines) = run_standalone(&prog, &args, &[], t);
+        assert!(
+            out.success() && lines.last().map(String::as_str) == Some("PASS"),
+            "{}",
+            out.report()
+        );
+        let (out, lines) = run_standalone(&prog, &args, &[("CKPT_TEST_CORRUPT", "3")], t);
+        assert!(
+            !out.success() && lines.iter().any(|l| l.starts_with("FAIL ")),
+            "{}",
+            out.report()
+        );
+    }
+}
