@@ -3,12 +3,19 @@
  * re-verifies the next 32 MiB of the buffer against per-MiB FNV-1a checksums taken at start
  * (so ceil(MiB / 32) ticks cover all of it; "verified N MiB" marks each full pass) and
  * prints "FAIL ..." on any mismatch. The tick is printed before the verification, so the
- * first tick after a restart marks "running again". */
+ * first tick after a restart marks "running again".
+ * SIGUSR1: before the next tick, rewrite 1 % of the buffer (every 100th 4 KiB page, new
+ * random data; the checksums are updated) and print "touched <bytes>" (the incremental
+ * checkpoint workload). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <signal.h>
 #include <time.h>
+
+static volatile sig_atomic_t touch_req;
+static void on_usr1(int sig) { (void)sig; touch_req = 1; }
 
 #define SLICE 32 /* MiB verified per tick */
 
@@ -45,7 +52,19 @@ int main(int argc, char **argv) {
     printf("ready %.3f %.3f\n", now() - t0, now() - t1);
     struct timespec ts = {0, 20 * 1000 * 1000};
     size_t cursor = 0;
+    signal(SIGUSR1, on_usr1);
     for (unsigned long k = 1;; k++) {
+        if (touch_req) {
+            touch_req = 0;
+            size_t words = 4096 / 8, pages = n / words, touched = 0;
+            for (size_t pg = 0; pg < pages; pg += 100, touched++)
+                for (size_t i = 0; i < words; i++) {
+                    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                    buf[pg * words + i] = x;
+                }
+            for (size_t s = 0; s < slices; s++) sums[s] = sum_range(buf + s * per, per);
+            printf("touched %zu\n", touched * 4096);
+        }
         printf("tick %lu\n", k);
         /* verify the next SLICE MiB; a full pass takes ceil(mib / SLICE) ticks */
         for (size_t j = 0; j < SLICE && j < slices; j++) {

@@ -356,6 +356,26 @@ fn print_image(p: &InspectedImage) {
                 Some(*offset),
             ),
             FdKind::Path { path } => ("o_path", path.clone(), None),
+            FdKind::Socket {
+                inode,
+                state,
+                rx,
+                domain,
+                ..
+            } => (
+                "socket",
+                format!(
+                    "socket:[{inode}] {} {state}, {} bytes waiting",
+                    match *domain {
+                        1 => "unix",
+                        2 => "ipv4",
+                        10 => "ipv6",
+                        _ => "?",
+                    },
+                    rx.len() / 2
+                ),
+                None,
+            ),
             FdKind::Pipe {
                 inode,
                 write_end,

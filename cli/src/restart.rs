@@ -114,6 +114,12 @@ pub fn run(dir: &Path, generation: Option<u64>, which: Which) -> anyhow::Result<
         "generation": gen.number,
     });
     let shared = shared_objects(&[&img])?;
+    let socks = connected_sockets(&[&img])?;
+    let mut info = info;
+    info["sockets"] = serde_json::json!(socks
+        .iter()
+        .map(|(i, fd)| serde_json::json!({"inode": i, "fd": fd}))
+        .collect::<Vec<_>>());
     let prepared = prepare(&img, &info, &shared)?;
     exec_restorer(prepared.plan_fd)
 }
@@ -133,6 +139,27 @@ impl Loaded {
         let reader = ImageReader::open(path)?;
         let meta = reader.meta()?;
         let runs = reader.page_runs()?;
+        // An incremental image: its parents must be there, be the very files it
+        // references, and hold the referenced page data (structure only: the restorer
+        // checks the CRCs). The restorer finds them next to this image by generation.
+        let own_name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        for p in reader.parents()? {
+            if Some(&p.file) != own_name.as_ref() {
+                bail!(
+                    "{}: takes page data from {} of generation {}, not an image of the same name",
+                    path.display(),
+                    p.file,
+                    p.generation
+                );
+            }
+        }
+        if reader.parents()?.len() > MAX_PARENTS {
+            bail!(
+                "{}: takes page data from more than {MAX_PARENTS} images",
+                path.display()
+            );
+        }
+        reader.open_parents(&runs)?;
         check_machine(&meta, path)?;
         check_files(&meta, path)?;
         Ok(Loaded {
@@ -148,6 +175,113 @@ impl Loaded {
 struct Prepared {
     plan_fd: RawFd,
     own_fds: Vec<RawFd>,
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+        .collect()
+}
+
+/// A new connected pair for every connected socket of the generation: a socketpair for
+/// UNIX sockets, a new loopback TCP connection for TCP ones. The bytes that were waiting in
+/// each end's receive queue are sent from the other end, so they wait there again.
+/// Returns (socket inode at checkpoint, fd) for every end.
+fn connected_sockets(imgs: &[&Loaded]) -> anyhow::Result<Vec<(u64, RawFd)>> {
+    struct End {
+        inode: u64,
+        domain: i32,
+        stype: i32,
+        local: String,
+        remote: String,
+        peer: u64,
+        rx: Vec<u8>,
+    }
+    let mut ends: Vec<End> = Vec::new();
+    for l in imgs {
+        for f in &l.meta.files {
+            if let FdKind::Socket {
+                inode,
+                domain,
+                stype,
+                state,
+                local,
+                remote,
+                peer_inode,
+                rx,
+                ..
+            } = &f.kind
+            {
+                if state == "connected" && !ends.iter().any(|e| e.inode == *inode) {
+                    ends.push(End {
+                        inode: *inode,
+                        domain: *domain,
+                        stype: *stype,
+                        local: local.clone(),
+                        remote: remote.clone(),
+                        peer: *peer_inode,
+                        rx: unhex(rx),
+                    });
+                }
+            }
+        }
+    }
+    let mut out: Vec<(u64, RawFd)> = Vec::new();
+    for i in 0..ends.len() {
+        if out.iter().any(|(ino, _)| *ino == ends[i].inode) {
+            continue;
+        }
+        let e = &ends[i];
+        let j = ends.iter().position(|o| {
+            o.inode != e.inode
+                && if e.domain == libc::AF_UNIX {
+                    o.inode == e.peer
+                } else {
+                    o.local == e.remote && o.remote == e.local
+                }
+        });
+        let Some(j) = j else {
+            bail!(
+                "socket:[{}] was connected to a socket that is not in this checkpoint",
+                e.inode
+            );
+        };
+        let (a, b) = if e.domain == libc::AF_UNIX {
+            let mut sv = [0i32; 2];
+            // SAFETY: socketpair into a local array (inherited across exec: no CLOEXEC).
+            if unsafe { libc::socketpair(libc::AF_UNIX, e.stype, 0, sv.as_mut_ptr()) } != 0 {
+                bail!("socketpair: {}", std::io::Error::last_os_error());
+            }
+            (sv[0], sv[1])
+        } else {
+            let v6 = e.domain == libc::AF_INET6;
+            let lst = std::net::TcpListener::bind(if v6 { "[::1]:0" } else { "127.0.0.1:0" })
+                .context("listening on loopback to re-create a TCP connection")?;
+            let c = std::net::TcpStream::connect(lst.local_addr()?)
+                .context("re-creating a TCP connection")?;
+            let (s, _) = lst.accept()?;
+            (c.into_raw_fd(), s.into_raw_fd())
+        };
+        // SAFETY: wrapping our new fds to move them high and clear close-on-exec.
+        let (a, b) = unsafe {
+            (
+                high(std::fs::File::from_raw_fd(a))?,
+                high(std::fs::File::from_raw_fd(b))?,
+            )
+        };
+        use std::io::Write as _;
+        // Bytes waiting for end i are sent by end j's new socket, and vice versa.
+        // SAFETY: borrowing our fds for writes without closing them.
+        unsafe {
+            let mut fb = std::mem::ManuallyDrop::new(std::fs::File::from_raw_fd(b));
+            fb.write_all(&ends[i].rx).context("refilling a socket")?;
+            let mut fa = std::mem::ManuallyDrop::new(std::fs::File::from_raw_fd(a));
+            fa.write_all(&ends[j].rx).context("refilling a socket")?;
+        }
+        out.push((ends[i].inode, a));
+        out.push((ends[j].inode, b));
+    }
+    Ok(out)
 }
 
 /// One new memfd per shared-memory object of the generation, filled with the pages its
@@ -405,6 +539,11 @@ fn restore_tree(
         .collect();
     let refs: Vec<&Loaded> = imgs.iter().collect();
     let shared_mem = shared_objects(&refs)?;
+    let socks = connected_sockets(&refs)?;
+    let socks_json: Vec<serde_json::Value> = socks
+        .iter()
+        .map(|(i, fd)| serde_json::json!({"inode": i, "fd": fd}))
+        .collect();
     let mut prepared = Vec::new();
     for (k, l) in imgs.iter().enumerate() {
         let info = serde_json::json!({
@@ -414,6 +553,7 @@ fn restore_tree(
             "area_fd": area_fd,
             "area_index": k,
             "pipes": pipes_json,
+            "sockets": socks_json,
         });
         prepared.push(prepare(l, &info, &shared_mem)?);
     }
@@ -727,6 +867,7 @@ fn check_files(meta: &ProcessMeta, img: &Path) -> anyhow::Result<()> {
             }
             // Recreated from what the image holds.
             FdKind::Inherited
+            | FdKind::Socket { .. }
             | FdKind::Pipe { .. }
             | FdKind::Dup { .. }
             | FdKind::EventFd { .. }
@@ -762,6 +903,8 @@ fn build_plan(
     };
     let mut maps = Vec::new();
     let mut reads = Vec::new();
+    // Generations of the parent images, in slot order.
+    let mut parents: Vec<u64> = Vec::new();
     let mut protects = Vec::new();
     let mut sorted: Vec<&PageRun> = runs.iter().collect();
     sorted.sort_by_key(|r| r.addr);
@@ -877,11 +1020,24 @@ fn build_plan(
         };
         maps.push(op);
         for run in sorted[first..ri].iter().filter(|_| !shared_mem) {
+            // Runs of parent images read from parent slots (OP_OPEN_PARENT).
+            let fd = if run.generation == 0 {
+                -1
+            } else {
+                let k = match parents.iter().position(|&g| g == run.generation) {
+                    Some(k) => k,
+                    None => {
+                        parents.push(run.generation);
+                        parents.len() - 1
+                    }
+                };
+                -2 - k as i32
+            };
             reads.push(Op {
                 kind: OP_READ,
                 prot: 0,
                 flags: 0,
-                fd: -1,
+                fd,
                 addr: run.addr,
                 len: run.len,
                 off: run.offset,
@@ -962,7 +1118,21 @@ fn build_plan(
     for (i, fd) in close.iter().enumerate() {
         h.close_fds[i] = *fd;
     }
+    if parents.len() > MAX_PARENTS {
+        bail!(
+            "{}: takes page data from more than {MAX_PARENTS} images",
+            img.display()
+        );
+    }
     let mut ops = maps;
+    for (k, g) in parents.iter().enumerate() {
+        ops.push(Op {
+            kind: OP_OPEN_PARENT,
+            fd: k as i32,
+            addr: *g,
+            ..Default::default()
+        });
+    }
     ops.extend(reads);
     ops.extend(protects);
     h.n_ops = ops.len() as u32;

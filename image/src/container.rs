@@ -25,7 +25,9 @@ pub const SECTION_MAGIC: u32 = u32::from_le_bytes(*b"SECT");
 /// Major format version: a reader refuses any other major.
 pub const FORMAT_VERSION: u32 = 1;
 /// Minor format version: bumped for compatible additions (new *optional* sections).
-pub const FORMAT_MINOR: u32 = 0;
+/// 1: the optional PAGEHASH section; incremental images (PARENTS, PAGEMAP version 2,
+/// which a 1.0 reader refuses as a newer non-optional section version).
+pub const FORMAT_MINOR: u32 = 1;
 
 pub const FILE_HEADER_SIZE: u64 = 64;
 pub const SECTION_HEADER_SIZE: u64 = 32;
@@ -60,6 +62,10 @@ pub enum SectionKind {
     Pages,
     /// Binary array of 32-byte [`PageRun`] records.
     PageMap,
+    /// JSON list of the images an incremental image takes page data from.
+    Parents,
+    /// One 64-bit content hash per page of the PAGEMAP's runs (optional).
+    PageHash,
     /// A kind this build does not know.
     Other(u32),
 }
@@ -70,6 +76,8 @@ impl SectionKind {
             SectionKind::Meta => 1,
             SectionKind::Pages => 2,
             SectionKind::PageMap => 3,
+            SectionKind::Parents => 4,
+            SectionKind::PageHash => 5,
             SectionKind::Other(c) => c,
         }
     }
@@ -79,6 +87,8 @@ impl SectionKind {
             1 => SectionKind::Meta,
             2 => SectionKind::Pages,
             3 => SectionKind::PageMap,
+            4 => SectionKind::Parents,
+            5 => SectionKind::PageHash,
             c => SectionKind::Other(c),
         }
     }
@@ -86,7 +96,10 @@ impl SectionKind {
     /// The newest version of this section this build reads and writes (None: unknown kind).
     pub fn supported_version(self) -> Option<u32> {
         match SectionKind::from_code(self.code()) {
-            SectionKind::Meta | SectionKind::Pages | SectionKind::PageMap => Some(1),
+            SectionKind::Meta | SectionKind::Pages => Some(1),
+            // 2: records may take their bytes from a parent image (field 28).
+            SectionKind::PageMap => Some(2),
+            SectionKind::Parents | SectionKind::PageHash => Some(1),
             SectionKind::Other(_) => None,
         }
     }
@@ -98,6 +111,8 @@ impl std::fmt::Display for SectionKind {
             SectionKind::Meta => f.write_str("META"),
             SectionKind::Pages => f.write_str("PAGES"),
             SectionKind::PageMap => f.write_str("PAGEMAP"),
+            SectionKind::Parents => f.write_str("PARENTS"),
+            SectionKind::PageHash => f.write_str("PAGEHASH"),
             SectionKind::Other(c) => write!(f, "kind {c:#x}"),
         }
     }
@@ -196,12 +211,34 @@ fn encode_toc_entry(e: &TocEntry, out: &mut [u8]) {
     put_u32(out, 36, 0);
 }
 
-fn encode_page_run(r: &PageRun, out: &mut [u8]) {
+/// `source`: 0 = this image, k = the k-th entry of PARENTS (PAGEMAP version 2 only).
+fn encode_page_run(r: &PageRun, source: u32, out: &mut [u8]) {
     put_u64(out, 0, r.addr);
     put_u64(out, 8, r.len);
     put_u64(out, 16, r.offset);
     put_u32(out, 24, r.crc32c);
-    put_u32(out, 28, 0);
+    put_u32(out, 28, source);
+}
+
+/// One image an incremental image takes page data from: the image of the same process
+/// (same file name) in an earlier generation of the same checkpoint directory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ParentRef {
+    pub generation: u64,
+    /// File name inside that generation's directory.
+    pub file: String,
+    /// The parent's size and trailer CRC when it was referenced: a replaced file is refused.
+    pub file_len: u64,
+    pub trailer_crc: u32,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ParentsPayload {
+    parents: Vec<ParentRef>,
+}
+
+fn plain_file_name(f: &str) -> bool {
+    !f.is_empty() && !f.contains('/') && f != "." && f != ".." && f != "MANIFEST"
 }
 
 fn now_unix() -> u64 {
@@ -246,6 +283,10 @@ pub struct ImageWriter {
     has_meta: bool,
     has_page_map: bool,
     poisoned: bool,
+    /// Written with the PAGEMAP (see `set_parents`, `set_page_hashes`).
+    parents: Vec<ParentRef>,
+    /// (page address, content hash) of the pages written or referenced so far.
+    page_hashes: Vec<(u64, u64)>,
 }
 
 impl std::fmt::Debug for ImageWriter {
@@ -288,6 +329,8 @@ impl ImageWriter {
             has_meta: false,
             has_page_map: false,
             poisoned: false,
+            parents: Vec::new(),
+            page_hashes: Vec::new(),
         };
         w.write(&encode_file_header(minor, created))?;
         Ok(w)
@@ -337,6 +380,11 @@ impl ImageWriter {
             SectionKind::PageMap if self.has_page_map => {
                 return Err(self.usage("a second PAGEMAP section"))
             }
+            SectionKind::Parents | SectionKind::PageHash => {
+                return Err(self.usage(format!(
+                    "{kind} is written by add_page_map (set_parents, set_page_hashes)"
+                )))
+            }
             SectionKind::Other(c) => {
                 return Err(self.usage(format!(
                     "section kind {c:#x} is not known to this version of ckpt"
@@ -344,7 +392,12 @@ impl ImageWriter {
             }
             _ => {}
         }
-        let version = kind.supported_version().unwrap_or(1);
+        // PAGEMAP version 2 only for incremental images (add_page_map): a full image stays
+        // readable by a format 1.0 reader.
+        let version = match kind {
+            SectionKind::PageMap => 1,
+            _ => kind.supported_version().unwrap_or(1),
+        };
         self.add_raw_section(kind.code(), version, 0, payload)?;
         match kind {
             SectionKind::Meta => self.has_meta = true,
@@ -433,6 +486,12 @@ impl ImageWriter {
             )));
         }
         let offset = self.pos;
+        for (i, page) in bytes.chunks(PAGE_ALIGN as usize).enumerate() {
+            self.page_hashes.push((
+                addr + i as u64 * PAGE_ALIGN,
+                crate::incremental::page_hash(page),
+            ));
+        }
         let mut crc = 0u32;
         for chunk in bytes.chunks(WRITE_CHUNK) {
             crc = crc32c::crc32c_append(crc, chunk);
@@ -443,6 +502,7 @@ impl ImageWriter {
             len,
             offset,
             crc32c: crc,
+            generation: 0,
         })
     }
 
@@ -486,8 +546,24 @@ impl ImageWriter {
         Ok(())
     }
 
-    /// Writes the PAGEMAP section (after `end_pages`). Every run must lie inside the PAGES
-    /// payload.
+    /// The images that runs with a non-zero `generation` take their bytes from (written
+    /// as the PARENTS section by `add_page_map`).
+    pub fn set_parents(&mut self, parents: Vec<ParentRef>) {
+        self.parents = parents;
+    }
+
+    /// Content hashes (`incremental::page_hash`) of pages by address, for pages the caller
+    /// put in the image itself (a `PageSink`) or referenced; `write_pages` records its own.
+    /// `add_page_map` writes them in PAGEMAP order as the optional PAGEHASH section if every
+    /// page of every run has one (else none: the next checkpoint is then a full one).
+    pub fn add_page_hashes(&mut self, hashes: &[(u64, u64)]) {
+        self.page_hashes.extend_from_slice(hashes);
+    }
+
+    /// Writes the PAGEMAP section (after `end_pages`), preceded by PARENTS if a run takes
+    /// its bytes from another image and followed by PAGEHASH if hashes were set. A run of
+    /// this image must lie inside the PAGES payload; a run of generation N needs N in
+    /// `set_parents`.
     pub fn add_page_map(&mut self, runs: &[PageRun]) -> Result<(), ImageError> {
         self.check_usable()?;
         let (p_off, p_len) = match self.pages {
@@ -495,25 +571,86 @@ impl ImageWriter {
                 payload_offset,
                 len,
             } => (payload_offset, len),
-            PagesState::NotStarted if runs.is_empty() => (0, 0),
+            PagesState::NotStarted if runs.iter().all(|r| r.generation != 0) => (0, 0),
             _ => return Err(self.usage("add_page_map before end_pages")),
         };
+        if self.has_page_map {
+            return Err(self.usage("a second PAGEMAP section"));
+        }
+        let incremental = runs.iter().any(|r| r.generation != 0);
         let mut buf = vec![0u8; runs.len() * PAGE_MAP_RECORD_SIZE as usize];
         for (i, r) in runs.iter().enumerate() {
-            let inside = r.offset >= p_off
-                && r.offset
-                    .checked_add(r.len)
-                    .is_some_and(|e| e <= p_off + p_len);
-            if !inside {
-                return Err(self.usage(format!(
-                    "page run #{i} (address {:#x}, file offset {}, {} bytes) is not inside the PAGES payload",
-                    r.addr, r.offset, r.len
-                )));
-            }
+            let source = if r.generation == 0 {
+                let inside = r.offset >= p_off
+                    && r.offset
+                        .checked_add(r.len)
+                        .is_some_and(|e| e <= p_off + p_len);
+                if !inside {
+                    return Err(self.usage(format!(
+                        "page run #{i} (address {:#x}, file offset {}, {} bytes) is not inside the PAGES payload",
+                        r.addr, r.offset, r.len
+                    )));
+                }
+                0
+            } else {
+                match self.parents.iter().position(|p| p.generation == r.generation) {
+                    Some(k) => k as u32 + 1,
+                    None => {
+                        return Err(self.usage(format!(
+                            "page run #{i} (address {:#x}) takes its bytes from generation {}, which is not among the parents",
+                            r.addr, r.generation
+                        )))
+                    }
+                }
+            };
             let at = i * PAGE_MAP_RECORD_SIZE as usize;
-            encode_page_run(r, &mut buf[at..at + PAGE_MAP_RECORD_SIZE as usize]);
+            encode_page_run(r, source, &mut buf[at..at + PAGE_MAP_RECORD_SIZE as usize]);
         }
-        self.add_section(SectionKind::PageMap, &buf)
+        // PAGEHASH in PAGEMAP order, if every page has a hash.
+        let mut known = std::mem::take(&mut self.page_hashes);
+        known.sort_unstable_by_key(|&(a, _)| a);
+        let mut hashes: Option<Vec<u64>> = if known.is_empty() {
+            None
+        } else {
+            Some(Vec::with_capacity(known.len()))
+        };
+        'runs: for r in runs {
+            let Some(out) = hashes.as_mut() else { break };
+            let mut a = r.addr;
+            while a < r.addr + r.len {
+                match known.binary_search_by_key(&a, |&(x, _)| x) {
+                    Ok(i) => out.push(known[i].1),
+                    Err(_) => {
+                        hashes = None;
+                        break 'runs;
+                    }
+                }
+                a += PAGE_ALIGN;
+            }
+        }
+        drop(known);
+        if incremental {
+            let parents = std::mem::take(&mut self.parents);
+            for p in &parents {
+                if !plain_file_name(&p.file) || p.generation == 0 {
+                    return Err(self.usage(format!("bad parent {p:?}")));
+                }
+            }
+            let json = serde_json::to_vec(&ParentsPayload { parents })
+                .map_err(|e| self.usage(format!("encoding PARENTS: {e}")))?;
+            self.add_raw_section(SectionKind::Parents.code(), 1, 0, &json)?;
+        }
+        let version = if incremental { 2 } else { 1 };
+        self.add_raw_section(SectionKind::PageMap.code(), version, 0, &buf)?;
+        self.has_page_map = true;
+        if let Some(h) = hashes {
+            let mut b = Vec::with_capacity(h.len() * 8);
+            for v in h {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+            self.add_raw_section(SectionKind::PageHash.code(), 1, SECTION_FLAG_OPTIONAL, &b)?;
+        }
+        Ok(())
     }
 
     /// Writes the TOC and trailer and fsyncs the file. Returns the file size. The caller
@@ -1071,6 +1208,7 @@ pub struct ImageReader {
     file_len: u64,
     minor: u32,
     created_unix: u64,
+    trailer_crc: u32,
     sections: Vec<SectionInfo>,
 }
 
@@ -1092,6 +1230,7 @@ impl ImageReader {
             file_len,
             minor: 0,
             created_unix: 0,
+            trailer_crc: 0,
             sections: Vec::new(),
         };
         r.validate()?;
@@ -1113,6 +1252,11 @@ impl ImageReader {
     }
     pub fn created_unix(&self) -> u64 {
         self.created_unix
+    }
+    /// The trailer's CRC: with the file length, what identifies this exact image (it
+    /// covers the TOC, hence every section's CRC).
+    pub fn trailer_crc(&self) -> u32 {
+        self.trailer_crc
     }
     /// Every section in file order, including skipped optional ones.
     pub fn sections(&self) -> &[SectionInfo] {
@@ -1241,6 +1385,7 @@ impl ImageReader {
         if stored != computed {
             return Err(self.err_crc("trailer".into(), stored, computed));
         }
+        self.trailer_crc = stored;
         let recorded_len = get_u64(&t, 32);
         if recorded_len > len {
             return Err(self.err_truncated(format!(
@@ -1458,13 +1603,65 @@ impl ImageReader {
             .map_err(|e| self.err_corrupt(format!("META section does not describe a process: {e}")))
     }
 
+    /// The parent images of an incremental image (empty for a full one), validated: plain
+    /// file names, distinct non-zero generations.
+    pub fn parents(&self) -> Result<Vec<ParentRef>, ImageError> {
+        let Some(s) = self.section(SectionKind::Parents) else {
+            return Ok(Vec::new());
+        };
+        let buf = self.read_payload(s, MAX_META_LEN)?;
+        let p: ParentsPayload = serde_json::from_slice(&buf)
+            .map_err(|e| self.err_corrupt(format!("PARENTS section is not valid: {e}")))?;
+        for (i, r) in p.parents.iter().enumerate() {
+            if r.generation == 0 || !plain_file_name(&r.file) {
+                return Err(self.err_corrupt(format!("PARENTS entry #{i} is invalid: {r:?}")));
+            }
+            if p.parents[..i].iter().any(|o| o.generation == r.generation) {
+                return Err(
+                    self.err_corrupt(format!("PARENTS lists generation {} twice", r.generation))
+                );
+            }
+        }
+        Ok(p.parents)
+    }
+
+    /// Where the image of parent `p` is: `<checkpoint dir>/gen-N/<file>`, the checkpoint
+    /// directory being the parent of this image's generation directory.
+    pub fn parent_path(&self, p: &ParentRef) -> PathBuf {
+        let root = self
+            .path
+            .parent()
+            .and_then(|g| g.parent())
+            .unwrap_or(Path::new("."));
+        root.join(crate::generation::generation_dir_name(p.generation))
+            .join(&p.file)
+    }
+
+    /// The PAGEHASH section: one content hash per page of the runs, in PAGEMAP order (None
+    /// if the image has none).
+    pub fn page_hashes(&self) -> Result<Option<Vec<u64>>, ImageError> {
+        let Some(s) = self.section(SectionKind::PageHash) else {
+            return Ok(None);
+        };
+        let buf = self.read_payload(s, MAX_PAGE_MAP_LEN)?;
+        if buf.len() % 8 != 0 {
+            return Err(self.err_corrupt(format!(
+                "PAGEHASH is {} bytes, not a multiple of 8",
+                buf.len()
+            )));
+        }
+        Ok(Some(buf.chunks_exact(8).map(|c| get_u64(c, 0)).collect()))
+    }
+
     /// The page runs of the PAGEMAP (empty if there is none), validated: each run is
-    /// non-empty, its address, length and file offset are 4096-aligned, it lies inside the
-    /// PAGES payload, and no two runs overlap in the file or in the address space.
+    /// non-empty, its address, length and file offset are 4096-aligned, a run of this
+    /// image lies inside the PAGES payload, a run of a parent names a listed parent, and
+    /// no two runs overlap in the address space nor (in one file) in the file.
     pub fn page_runs(&self) -> Result<Vec<PageRun>, ImageError> {
         let Some(s) = self.section(SectionKind::PageMap) else {
             return Ok(Vec::new());
         };
+        let version = s.version;
         let buf = self.read_payload(s, MAX_PAGE_MAP_LEN)?;
         if buf.len() as u64 % PAGE_MAP_RECORD_SIZE != 0 {
             return Err(self.err_corrupt(format!(
@@ -1472,24 +1669,42 @@ impl ImageReader {
                 buf.len()
             )));
         }
+        let parents = if version >= 2 {
+            self.parents()?
+        } else {
+            Vec::new()
+        };
         let (p_off, p_end) = match self.pages_section() {
             Some(p) => (p.payload_offset, p.payload_offset + p.len),
             None => (0, 0),
         };
         let mut runs = Vec::with_capacity(buf.len() / PAGE_MAP_RECORD_SIZE as usize);
         for (i, rec) in buf.chunks_exact(PAGE_MAP_RECORD_SIZE as usize).enumerate() {
-            let r = PageRun {
+            let source = get_u32(rec, 28);
+            let mut r = PageRun {
                 addr: get_u64(rec, 0),
                 len: get_u64(rec, 8),
                 offset: get_u64(rec, 16),
                 crc32c: get_u32(rec, 24),
+                generation: 0,
             };
             let what = format!(
                 "page run #{i} (address {:#x}, {} bytes, file offset {})",
                 r.addr, r.len, r.offset
             );
-            if get_u32(rec, 28) != 0 {
-                return Err(self.err_corrupt(format!("{what}: reserved field is not zero")));
+            if source != 0 {
+                if version < 2 {
+                    return Err(self.err_corrupt(format!("{what}: reserved field is not zero")));
+                }
+                match parents.get(source as usize - 1) {
+                    Some(p) => r.generation = p.generation,
+                    None => {
+                        return Err(self.err_corrupt(format!(
+                            "{what}: source {source} but PARENTS lists {}",
+                            parents.len()
+                        )))
+                    }
+                }
             }
             if r.len == 0
                 || r.addr % PAGE_ALIGN != 0
@@ -1498,12 +1713,12 @@ impl ImageReader {
             {
                 return Err(self.err_corrupt(format!("{what}: empty or not {PAGE_ALIGN}-aligned")));
             }
-            if r.addr.checked_add(r.len).is_none() {
-                return Err(self.err_corrupt(format!("{what}: wraps the address space")));
+            if r.addr.checked_add(r.len).is_none() || r.offset.checked_add(r.len).is_none() {
+                return Err(self.err_corrupt(format!("{what}: wraps")));
             }
             let inside =
                 r.offset >= p_off && r.offset.checked_add(r.len).is_some_and(|e| e <= p_end);
-            if !inside {
+            if r.generation == 0 && !inside {
                 return Err(self.err_corrupt(format!(
                     "{what}: lies outside the PAGES payload [{p_off}, {p_end})"
                 )));
@@ -1511,10 +1726,10 @@ impl ImageReader {
             runs.push(r);
         }
         let mut order: Vec<usize> = (0..runs.len()).collect();
-        order.sort_by_key(|&i| runs[i].offset);
+        order.sort_by_key(|&i| (runs[i].generation, runs[i].offset));
         for w in order.windows(2) {
             let (a, b) = (&runs[w[0]], &runs[w[1]]);
-            if a.offset + a.len > b.offset {
+            if a.generation == b.generation && a.offset + a.len > b.offset {
                 return Err(self.err_corrupt(format!(
                     "page runs #{} (address {:#x}) and #{} (address {:#x}) overlap in the file",
                     w[0], a.addr, w[1], b.addr
@@ -1534,7 +1749,52 @@ impl ImageReader {
         Ok(runs)
     }
 
-    /// Reads one run into `out` (`out.len() == run.len`) and checks its CRC.
+    /// Opens every parent image of this (incremental) image and checks that it is the very
+    /// file that was referenced (size and trailer CRC) and that each run taken from it lies
+    /// inside its PAGES payload. Returns (generation, reader) per parent.
+    pub fn open_parents(&self, runs: &[PageRun]) -> Result<Vec<(u64, ImageReader)>, ImageError> {
+        let mut out = Vec::new();
+        for p in self.parents()? {
+            let path = self.parent_path(&p);
+            let missing = |detail: String| {
+                ImageError::Corrupt {
+                path: self.path.clone(),
+                detail: format!(
+                    "this incremental image takes page data from {} (generation {}), which {detail}",
+                    path.display(),
+                    p.generation
+                ),
+            }
+            };
+            let r = match ImageReader::open(&path) {
+                Ok(r) => r,
+                Err(e) => return Err(missing(format!("cannot be used: {e}"))),
+            };
+            if r.file_len != p.file_len || r.trailer_crc != p.trailer_crc {
+                return Err(missing(format!(
+                    "is not the file that was referenced (size {} / trailer CRC {:08x}, expected {} / {:08x}): it was replaced",
+                    r.file_len, r.trailer_crc, p.file_len, p.trailer_crc
+                )));
+            }
+            let (lo, hi) = match r.pages_section() {
+                Some(s) => (s.payload_offset, s.payload_offset + s.len),
+                None => (0, 0),
+            };
+            for run in runs.iter().filter(|x| x.generation == p.generation) {
+                if run.offset < lo || run.offset + run.len > hi {
+                    return Err(missing(format!(
+                        "has no page data at file offset {} ({} bytes, for address {:#x})",
+                        run.offset, run.len, run.addr
+                    )));
+                }
+            }
+            out.push((p.generation, r));
+        }
+        Ok(out)
+    }
+
+    /// Reads one run into `out` (`out.len() == run.len`) and checks its CRC (a run of a
+    /// parent image is read from that image).
     pub fn read_run(&self, run: &PageRun, out: &mut [u8]) -> Result<(), ImageError> {
         if out.len() as u64 != run.len {
             return Err(ImageError::Usage {
@@ -1545,6 +1805,18 @@ impl ImageReader {
                     run.len
                 ),
             });
+        }
+        if run.generation != 0 {
+            let parents = self.open_parents(std::slice::from_ref(run))?;
+            let Some((_, p)) = parents.iter().find(|(g, _)| *g == run.generation) else {
+                return Err(self.err_corrupt(format!(
+                    "page run at address {:#x}: generation {} is not a parent",
+                    run.addr, run.generation
+                )));
+            };
+            let mut own = *run;
+            own.generation = 0;
+            return p.read_run(&own, out);
         }
         let what = format!("page run at address {:#x}", run.addr);
         self.read_at(out, run.offset, &what)?;
@@ -1559,24 +1831,39 @@ impl ImageReader {
         Ok(())
     }
 
-    /// Reads every page run (in file order, large reads) and checks its CRC.
+    /// Reads every page run (in file order, large reads; runs of parent images from those)
+    /// and checks its CRC.
     pub fn verify_pages(&self) -> Result<(), ImageError> {
         let mut runs = self.page_runs()?;
-        runs.sort_by_key(|r| r.offset);
+        let parents = self.open_parents(&runs)?;
+        runs.sort_by_key(|r| (r.generation, r.offset));
         let biggest = runs.iter().map(|r| r.len).max().unwrap_or(0);
         let mut buf = vec![0u8; biggest.min(READ_CHUNK as u64) as usize];
         for r in &runs {
+            let src = if r.generation == 0 {
+                self
+            } else {
+                match parents.iter().find(|(g, _)| *g == r.generation) {
+                    Some((_, p)) => p,
+                    None => {
+                        return Err(self.err_corrupt(format!(
+                            "page run at address {:#x}: generation {} is not a parent",
+                            r.addr, r.generation
+                        )))
+                    }
+                }
+            };
             let what = format!("page run at address {:#x}", r.addr);
             let mut crc = 0u32;
             let mut done = 0u64;
             while done < r.len {
                 let n = (r.len - done).min(buf.len() as u64) as usize;
-                self.read_at(&mut buf[..n], r.offset + done, &what)?;
+                src.read_at(&mut buf[..n], r.offset + done, &what)?;
                 crc = crc32c::crc32c_append(crc, &buf[..n]);
                 done += n as u64;
             }
             if crc != r.crc32c {
-                return Err(self.err_crc(
+                return Err(src.err_crc(
                     format!("{what} (file offset {}, {} bytes)", r.offset, r.len),
                     r.crc32c,
                     crc,

@@ -250,6 +250,27 @@ impl CkptDir {
     /// complete ones and every incomplete one older than the newest complete generation.
     /// Incomplete generations newer than it (checkpoints in progress) are left alone, and
     /// nothing is removed when there is no complete generation. Returns the removed numbers.
+    /// The generations whose images the images of generation `n` take page data from.
+    pub fn referenced_by(&self, n: u64) -> Result<Vec<u64>, ImageError> {
+        let dir = self.generation_path(n);
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dir).ctx(&dir, "list generation directory")? {
+            let e = e.ctx(&dir, "list generation directory")?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if !name.ends_with(".img") {
+                continue;
+            }
+            let r = crate::container::ImageReader::open(&e.path())?;
+            for p in r.parents()? {
+                if !out.contains(&p.generation) {
+                    out.push(p.generation);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub fn prune(&self, keep: usize) -> Result<Vec<u64>, ImageError> {
         if keep == 0 {
             return Err(ImageError::Usage {
@@ -266,7 +287,23 @@ impl CkptDir {
         let Some(&newest) = complete.last() else {
             return Ok(Vec::new());
         };
-        let kept: Vec<u64> = complete.iter().rev().take(keep).copied().collect();
+        let mut kept: Vec<u64> = complete.iter().rev().take(keep).copied().collect();
+        // Incremental images take page data from older generations: those are kept as long
+        // as a kept generation references them (a generation whose images cannot be read
+        // keeps every older complete one: nothing it may need is removed).
+        let mut i = 0;
+        while i < kept.len() {
+            let g = kept[i];
+            i += 1;
+            let refs = self
+                .referenced_by(g)
+                .unwrap_or_else(|_| complete.iter().copied().filter(|&c| c < g).collect());
+            for r in refs {
+                if complete.contains(&r) && !kept.contains(&r) {
+                    kept.push(r);
+                }
+            }
+        }
         let mut removed = Vec::new();
         for g in &gens {
             let remove = if g.is_complete() {

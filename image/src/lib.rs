@@ -4,12 +4,13 @@
 pub mod container;
 pub mod error;
 pub mod generation;
+pub mod incremental;
 pub mod manifest;
 pub mod model;
 
 pub use container::{
-    sync_dir, write_image_atomically, ImageReader, ImageWriter, PageIo, PageSink, SectionInfo,
-    SectionKind,
+    sync_dir, write_image_atomically, ImageReader, ImageWriter, PageIo, PageSink, ParentRef,
+    SectionInfo, SectionKind,
 };
 pub use error::{ErrorKind, ImageError};
 pub use generation::{CkptDir, GenerationInfo, GenerationState};

@@ -121,6 +121,25 @@ pub struct ThreadMeta {
 pub enum FdKind {
     /// stdin/stdout/stderr: re-attached to the restarting command's.
     Inherited,
+    /// A socket (AF_UNIX, AF_INET, AF_INET6). Connected stream sockets are re-created as a
+    /// new connected pair with their peer (which must be in the job) by `ckpt restart`;
+    /// `rx` holds the bytes that were waiting in the receive queue (hex), put back.
+    Socket {
+        inode: u64,
+        domain: i32,
+        stype: i32,
+        /// "listening", "connected", "bound" or "unbound".
+        state: String,
+        /// Raw sockaddr bytes of getsockname / getpeername (hex).
+        local: String,
+        remote: String,
+        /// AF_UNIX: the inode of the connected peer socket (0 if none).
+        peer_inode: u64,
+        rx: String,
+        /// (level, option, value) of the options that matter (TCP_NODELAY, SO_KEEPALIVE,
+        /// buffer sizes, SO_REUSEADDR).
+        options: Vec<(i32, i32, i32)>,
+    },
     Regular {
         path: String,
         offset: u64,
@@ -279,8 +298,13 @@ pub struct PageRun {
     /// Virtual address the bytes go to.
     pub addr: u64,
     pub len: u64,
-    /// Absolute offset of the bytes in the image file.
+    /// Absolute offset of the bytes in the image file that holds them (see `generation`).
     pub offset: u64,
     /// CRC-32C of the bytes.
     pub crc32c: u32,
+    /// 0: the bytes are in this image. N: they are in the image of the same process in
+    /// generation N of the same checkpoint directory (an incremental image; listed in its
+    /// PARENTS section, docs/image-format.md).
+    #[serde(default)]
+    pub generation: u64,
 }

@@ -266,8 +266,23 @@ fn round_trip() {
     let kinds: Vec<SectionKind> = r.sections().iter().map(|s| s.kind).collect();
     assert_eq!(
         kinds,
-        vec![SectionKind::Meta, SectionKind::Pages, SectionKind::PageMap]
+        vec![
+            SectionKind::Meta,
+            SectionKind::Pages,
+            SectionKind::PageMap,
+            SectionKind::PageHash
+        ]
     );
+    // One hash per page, in PAGEMAP order; PAGEHASH is optional (a 1.0 reader skips it).
+    let hashes = r.page_hashes().unwrap().unwrap();
+    let want: Vec<u64> = w
+        .pages
+        .iter()
+        .flat_map(|(_, b)| b.chunks(4096).map(crate::incremental::page_hash))
+        .collect();
+    assert_eq!(hashes, want);
+    assert_eq!(r.sections()[3].flags, SECTION_FLAG_OPTIONAL);
+    assert!(r.parents().unwrap().is_empty());
     let pages = r.pages_section().unwrap();
     assert_eq!(pages.payload_offset % PAGE_ALIGN, 0);
     let total: u64 = w.pages.iter().map(|(_, b)| b.len() as u64).sum();
@@ -673,7 +688,7 @@ fn unknown_and_newer_sections() {
     assert_eq!(r.meta().unwrap(), sample_meta());
     fs::remove_file(&p).unwrap();
     // Optional newer version of a known kind in a newer minor: skipped, not used.
-    write_raw(&p, FORMAT_MINOR + 1, &[(3, 2, opt, vec![1; 64])]);
+    write_raw(&p, FORMAT_MINOR + 1, &[(3, 3, opt, vec![1; 64])]);
     let r = ImageReader::open(&p).unwrap();
     assert!(r.sections().last().unwrap().skipped);
     assert!(r.page_runs().unwrap().is_empty());
@@ -696,7 +711,7 @@ fn unknown_and_newer_sections() {
     );
     fs::remove_file(&p).unwrap();
     // Newer version of a known kind, not optional.
-    write_raw(&p, FORMAT_MINOR + 1, &[(3, 2, 0, vec![])]);
+    write_raw(&p, FORMAT_MINOR + 1, &[(3, 3, 0, vec![])]);
     assert_eq!(
         kind_of(ImageReader::open(&p), &p),
         ErrorKind::UnsupportedSection
@@ -788,6 +803,7 @@ fn invalid_page_maps() {
                 len: 4096,
                 offset: 0,
                 crc32c: 0,
+                generation: 0,
             }])[..28]
                 .iter()
                 .copied()
@@ -806,6 +822,7 @@ fn page_map_without_pages() {
         len: 4096,
         offset: 4096,
         crc32c: 0,
+        generation: 0,
     }];
     write_raw(&p, FORMAT_MINOR, &[(3, 1, 0, encode_runs(&runs))]);
     let r = ImageReader::open(&p).unwrap();
@@ -1174,7 +1191,7 @@ fn layout_matches_doc() {
     // File header.
     assert_eq!(&b[0..8], b"CKPTIMG\0");
     assert_eq!(u32_at(8), 1);
-    assert_eq!(u32_at(12), 0);
+    assert_eq!(u32_at(12), 1); // format 1.1
     assert_eq!(u32_at(16), 64);
     assert_eq!(u32_at(20), 0);
     assert!(b[32..60].iter().all(|&x| x == 0));
@@ -1194,15 +1211,15 @@ fn layout_matches_doc() {
     assert_eq!(&b[t..t + 8], b"CKPTEND\0");
     let (toc_off, toc_len) = (u64_at(t + 8) as usize, u64_at(t + 16) as usize);
     assert_eq!(toc_off + toc_len, t);
-    assert_eq!(toc_len, 3 * 40);
+    assert_eq!(toc_len, 4 * 40);
     assert_eq!(
         u32_at(t + 24),
         crc32c::crc32c(&b[toc_off..toc_off + toc_len])
     );
-    assert_eq!(u32_at(t + 28), 3);
+    assert_eq!(u32_at(t + 28), 4);
     assert_eq!(u64_at(t + 32), b.len() as u64);
     assert_eq!(u32_at(t + 44), crc32c::crc32c(&b[t..t + 44]));
-    // TOC: META, PAGES, PAGEMAP.
+    // TOC: META, PAGES, PAGEMAP, PAGEHASH.
     let e = |i: usize| toc_off + i * 40;
     assert_eq!((u32_at(e(0)), u64_at(e(0) + 16)), (1, 64));
     assert_eq!(u32_at(e(1)), 2);
@@ -1225,6 +1242,13 @@ fn layout_matches_doc() {
             (r.addr, r.len, r.offset, r.crc32c, 0)
         );
     }
+    // PAGEHASH: kind 5, version 1, flag OPTIONAL, one u64 per page.
+    assert_eq!(
+        (u32_at(e(3)), u32_at(e(3) + 4), u32_at(e(3) + 8)),
+        (5, 1, 1)
+    );
+    let pages: u64 = w.runs.iter().map(|r| r.len / 4096).sum();
+    assert_eq!(u64_at(e(3) + 24), pages * 8);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1263,6 +1287,7 @@ fn sink_round_trip(want: PageIo) -> PageIo {
                 len: data.len() as u64,
                 offset: start,
                 crc32c: crc32c::crc32c(&data),
+                generation: 0,
             });
             expect.push((addr, data));
             addr += (pages as u64 + 1) * 4096;

@@ -26,7 +26,8 @@ pub const VDSO_SCRATCH: u64 = RESTORER_BASE + 0x2000_0000;
 pub const OP_MAP_ANON: u32 = 1;
 /// mmap `fd` at `addr` with `prot`, MAP_PRIVATE|MAP_FIXED, file offset `off`.
 pub const OP_MAP_FILE: u32 = 2;
-/// pread `len` bytes from image `fd` (the header's `image_fd` if `fd` is -1) at offset
+/// pread `len` bytes from image `fd` (the header's `image_fd` if `fd` is -1, parent slot
+/// k if `fd` is -2 - k) at offset
 /// `off` into `addr` (which is writable) and check that their CRC-32C is `crc`; a mismatch
 /// ends the restore with a message naming the address. Consecutive `OP_READ`s may run in
 /// any order and in parallel (`PlanHeader::read_threads`).
@@ -35,6 +36,13 @@ pub const OP_READ: u32 = 3;
 pub const OP_PROTECT: u32 = 4;
 /// mmap `fd` MAP_SHARED|MAP_FIXED at `addr` with `prot`, offset `off`.
 pub const OP_MAP_SHARED_FILE: u32 = 5;
+
+/// Open, read-only, the image of the same process in generation `addr` of the same
+/// checkpoint directory (`<dir>/gen-NNNNNN/<the image's file name>`, derived from the
+/// image fd's path) as parent slot `fd` (0..`MAX_PARENTS`); an `OP_READ` with `fd` = -2 - k
+/// reads from slot k (incremental images).
+pub const OP_OPEN_PARENT: u32 = 6;
+pub const MAX_PARENTS: usize = 16;
 
 pub const FLAG_GROWSDOWN: u32 = 1;
 pub const FLAG_NORESERVE: u32 = 2;

@@ -329,6 +329,89 @@ fn open_direct(fd: isize) -> isize {
     }
 }
 
+/// Descriptors of the parent images (OP_OPEN_PARENT), -1 if not open.
+static mut PARENT_FDS: [isize; MAX_PARENTS] = [-1; MAX_PARENTS];
+
+/// The descriptor an OP_READ reads from.
+fn op_fd(image_fd: isize, op: &Op) -> isize {
+    if op.fd >= 0 {
+        return op.fd as isize;
+    }
+    if op.fd == -1 {
+        return image_fd;
+    }
+    let k = (-2 - op.fd as i64) as usize;
+    // SAFETY: filled by OP_OPEN_PARENT before any read, read-only afterwards.
+    let fds = unsafe { &*core::ptr::addr_of!(PARENT_FDS) };
+    match fds.get(k) {
+        Some(&fd) if fd >= 0 => fd,
+        _ => die("a read names a parent image that was not opened (slot)", k as u64, op.addr),
+    }
+}
+
+/// OP_OPEN_PARENT: `<dir>/gen-NNNNNN/<file>` from the image's own path `<dir>/gen-M/<file>`.
+fn open_parent(plan: &PlanHeader, op: &Op) {
+    let slot = op.fd as usize;
+    if op.fd < 0 || slot >= MAX_PARENTS {
+        die("bad parent slot", op.fd as u64, 0);
+    }
+    let mut link = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
+    let mut d = [0u8; 20];
+    let digits = dec(plan.image_fd as u64, &mut d);
+    link[14..14 + digits.len()].copy_from_slice(digits);
+    let mut cur = [0u8; 1024];
+    // SAFETY: readlink into a local buffer.
+    let n = unsafe { sc3(SYS_READLINK, link.as_ptr() as usize, cur.as_mut_ptr() as usize, cur.len() - 1) };
+    if n <= 0 || n as usize >= cur.len() - 1 {
+        die("cannot find the image's path (readlink), errno", (-n) as u64, 0);
+    }
+    let cur = &cur[..n as usize];
+    let slash = |s: &[u8]| s.iter().rposition(|&c| c == b'/');
+    let (Some(f), Some(g)) = (slash(cur), slash(&cur[..slash(cur).unwrap_or(0)])) else {
+        die("the image's path has no generation directory", 0, 0)
+    };
+    let mut path = [0u8; 1100];
+    let mut len = 0usize;
+    let mut put = |b: &[u8], path: &mut [u8; 1100]| {
+        path[len..len + b.len()].copy_from_slice(b);
+        len += b.len();
+    };
+    put(&cur[..=g], &mut path);
+    put(b"gen-", &mut path);
+    let mut gd = [0u8; 20];
+    let gdig = dec(op.addr, &mut gd);
+    for _ in gdig.len()..6 {
+        put(b"0", &mut path);
+    }
+    put(gdig, &mut path);
+    put(&cur[f..], &mut path);
+    path[len] = 0;
+    // SAFETY: NUL-terminated path; read-only open.
+    let fd = unsafe { sc3(SYS_OPEN, path.as_ptr() as usize, O_CLOEXEC, 0) };
+    if fd < 0 {
+        write_all(2, b"ckpt-restore: fatal: cannot open the parent image ");
+        write_all(2, &path[..len]);
+        write_all(2, b" this incremental image takes page data from; errno ");
+        write_all(2, dec((-fd) as u64, &mut d));
+        write_all(2, b"\n");
+        exit(127);
+    }
+    // SAFETY: single-threaded here (reads have not started).
+    unsafe { (*core::ptr::addr_of_mut!(PARENT_FDS))[slot] = fd };
+}
+
+fn close_parents() {
+    // SAFETY: single-threaded (all reads done).
+    let fds = unsafe { &mut *core::ptr::addr_of_mut!(PARENT_FDS) };
+    for fd in fds.iter_mut() {
+        if *fd >= 0 {
+            // SAFETY: closing a descriptor we opened.
+            unsafe { sc3(SYS_CLOSE, *fd as usize, 0, 0) };
+            *fd = -1;
+        }
+    }
+}
+
 fn direct_for(fd: isize) -> isize {
     let rd = reads();
     for &(f, d) in &rd.sources[..rd.n_sources] {
@@ -351,7 +434,7 @@ fn read_all(plan: &PlanHeader, ops: &[Op], lo: usize, hi: usize) {
         r.image_fd = plan.image_fd as isize;
         r.n_sources = 0;
         for op in stretch {
-            let fd = if op.fd >= 0 { op.fd as isize } else { plan.image_fd as isize };
+            let fd = op_fd(plan.image_fd as isize, op);
             if r.sources[..r.n_sources].iter().any(|&(f, _)| f == fd) {
                 continue;
             }
@@ -396,7 +479,7 @@ fn claim_reads() {
 
 fn read_one(op: &Op) {
     let rd = reads();
-    let fd = if op.fd >= 0 { op.fd as isize } else { rd.image_fd };
+    let fd = op_fd(rd.image_fd, op);
     let mut dfd = direct_for(fd);
     let crc = crc_tables();
     let mut sum = 0u32;
@@ -405,7 +488,7 @@ fn read_one(op: &Op) {
         let n = (op.len - done).min(READ_CHUNK) as usize;
         let dst = (op.addr + done) as usize;
         let off = (op.off + done) as usize;
-        let mut r;
+        let r;
         if dfd >= 0 && !cached(fd, off, n) {
             // Not (all) in the page cache: straight from the disk into the destination,
             // instead of through new page-cache pages and a copy.
@@ -608,6 +691,7 @@ fn run_ops(plan: &PlanHeader, ops: &[Op]) {
                 i = j;
                 continue;
             }
+            OP_OPEN_PARENT => open_parent(plan, op),
             OP_PROTECT => {
                 // SAFETY: changes protection of a region mapped by an earlier op.
                 let r = unsafe { sc3(SYS_MPROTECT, op.addr as usize, op.len as usize, op.prot as usize) };
@@ -712,6 +796,7 @@ unsafe extern "C" fn rmain(sp: *const usize) -> ! {
 
     clear_address_space(plan);
     run_ops(plan, ops);
+    close_parents();
 
     if plan.mm_flags & MM_MAP_VALID != 0 {
         // SAFETY: prctl(PR_SET_MM, PR_SET_MM_MAP, &mm, sizeof mm); the kernel validates it.

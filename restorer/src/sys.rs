@@ -21,7 +21,6 @@ pub const SYS_CLONE: usize = 56;
 pub const SYS_EXIT: usize = 60;
 pub const SYS_READLINK: usize = 89;
 pub const SYS_FUTEX: usize = 202;
-pub const SYS_PREADV2: usize = 327;
 pub const SYS_CACHESTAT: usize = 451;
 pub const O_DIRECT: usize = 0o40000;
 pub const O_CLOEXEC: usize = 0o2000000;

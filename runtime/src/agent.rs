@@ -875,6 +875,15 @@ struct RestartParams {
     /// Pipes shared with other processes of the tree, created by `ckpt restart`.
     #[serde(default)]
     pipes: Vec<InheritedPipe>,
+    /// Connected sockets re-created by `ckpt restart` (socket inode at checkpoint → fd).
+    #[serde(default)]
+    sockets: Vec<InheritedSocket>,
+}
+
+#[derive(serde::Deserialize)]
+struct InheritedSocket {
+    inode: u64,
+    fd: i32,
 }
 
 #[derive(serde::Deserialize)]
@@ -979,7 +988,17 @@ fn post_restart() -> Result<(), String> {
             area = Some(a?);
         }
     }
-    let restored = files::restore(&st.fds, &st.pipes, &inherited);
+    let mut sockets: Vec<(u64, i32)> = Vec::new();
+    if let Some(p) = &params {
+        for s in &p.sockets {
+            sockets.push((s.inode, lift(s.fd, above)));
+        }
+    }
+    let restored = files::restore(&st.fds, &st.pipes, &inherited, &sockets);
+    for (_, fd) in &sockets {
+        // SAFETY: closing the lifted inherited socket ends (the program's fds are dups).
+        unsafe { libc::close(*fd) };
+    }
     for (_, r, w) in &inherited {
         // SAFETY: closing the lifted inherited pipe ends (the program's fds are dups).
         unsafe {

@@ -181,10 +181,10 @@ fn classify(fd: i32, fl: i32, cloexec: bool, skip: &[i32]) -> Result<Option<FdMe
             capacity: cap,
             buffered: 0,
         }
+    } else if fmt == libc::S_IFSOCK {
+        crate::sockets::describe(fd, st.st_ino)?
     } else {
-        let what = if link.starts_with("socket:") {
-            "a socket (sockets come with process-tree support)"
-        } else if link.ends_with(" (deleted)") {
+        let what = if link.ends_with(" (deleted)") {
             "a deleted file that is not a regular file"
         } else if fmt == libc::S_IFCHR {
             "a character device other than null/zero/full/random/urandom (terminals are supported on fds 0-2 only)"
@@ -222,6 +222,7 @@ pub fn restore(
     fds: &[FdMeta],
     pipes: &[crate::pipes::PipeData],
     inherited_pipes: &[(u64, i32, i32)],
+    inherited_sockets: &[(u64, i32)],
 ) -> Result<(), String> {
     let min_fd = fds.iter().map(|f| f.fd).max().unwrap_or(2).max(9) + 1;
     let mut temps: Vec<(i32, i32)> = crate::pipes::recreate(fds, pipes, min_fd, inherited_pipes)?;
@@ -241,6 +242,7 @@ pub fn restore(
                 FdKind::SignalFd { mask } => crate::signalfd::create(f.fd, *mask, f.flags)?,
                 FdKind::Epoll { .. } => crate::epoll::create(f.fd)?,
                 FdKind::Inotify { watches } => crate::inotify::create(f.fd, watches, f.flags)?,
+                FdKind::Socket { .. } => crate::sockets::create(&f.kind, inherited_sockets)?,
                 FdKind::Memfd { .. } | FdKind::Deleted { .. } => {
                     crate::memfd::open(f.fd, &f.kind, f.flags, &mut made, min_fd)?
                 }
@@ -387,7 +389,7 @@ mod tests {
         }
         assert!(me.flags & libc::O_APPEND != 0);
         drop(f); // fd is closed; restore must bring it back at the same number
-        restore(std::slice::from_ref(&me), &[], &[]).unwrap();
+        restore(std::slice::from_ref(&me), &[], &[], &[]).unwrap();
         // SAFETY: querying the restored fd.
         let off = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
         assert_eq!(off, 3);

@@ -25,6 +25,8 @@ mod process;
 mod shm;
 mod signalfd;
 mod signals;
+mod sockdiag;
+mod sockets;
 mod sys;
 mod threads;
 mod timerfd;

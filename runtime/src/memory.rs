@@ -223,7 +223,23 @@ pub fn write_regions(
     mem: &std::fs::File,
     pagemap: Option<&std::fs::File>,
 ) -> Result<Vec<PageRun>, ImageError> {
+    use ckpt_image::incremental::{continues, page_hash, Base};
     use std::os::unix::fs::FileExt;
+    // Incremental: pages whose content the previous image of this process already holds
+    // at the same address are referenced, not written (CKPT_INCREMENTAL=0: always full).
+    let mut prev = if std::env::var("CKPT_INCREMENTAL").as_deref() == Ok("0") {
+        None
+    } else {
+        match Base::for_image(w.path()) {
+            Ok(b) => Some(b),
+            Err(why) => {
+                crate::debug!("full checkpoint: {why}");
+                None
+            }
+        }
+    };
+    let mut hashes: Vec<(u64, u64)> = Vec::new();
+    let mut referenced = 0u64;
     let mut sink = w.page_sink(SINK_BUFFERS, SINK_BUFFER, ckpt_image::PageIo::preferred())?;
     let mut runs: Vec<PageRun> = Vec::new();
     let mut pm: Vec<u64> = vec![0; BATCH];
@@ -295,6 +311,38 @@ pub fn write_regions(
                         }
                         continue;
                     }
+                    let h = page_hash(&space[src..src + page]);
+                    hashes.push((page_addr, h));
+                    // Unchanged since the previous image: point at the bytes there.
+                    if let Some(bp) = prev.as_mut().and_then(|b| b.lookup(page_addr)) {
+                        if bp.hash == h {
+                            let generation = prev.as_mut().map_or(0, |b| b.use_cand(bp.cand));
+                            let bytes = &space[src..src + page];
+                            match &mut open {
+                                Some(run)
+                                    if continues(run, page_addr, generation, bp.offset)
+                                        && run.len < RUN_MAX =>
+                                {
+                                    run.crc32c = crc32c::crc32c_append(run.crc32c, bytes);
+                                    run.len += PAGE;
+                                }
+                                _ => {
+                                    if let Some(run) = open.take() {
+                                        runs.push(run);
+                                    }
+                                    open = Some(PageRun {
+                                        addr: page_addr,
+                                        len: PAGE,
+                                        offset: bp.offset,
+                                        crc32c: crc32c::crc32c(bytes),
+                                        generation,
+                                    });
+                                }
+                            }
+                            referenced += PAGE;
+                            continue;
+                        }
+                    }
                     let dst = kept * page;
                     if dst != src {
                         space.copy_within(src..src + page, dst);
@@ -303,9 +351,7 @@ pub fn write_regions(
                     let page_off = file_at + dst as u64;
                     match &mut open {
                         Some(run)
-                            if run.addr + run.len == page_addr
-                                && run.offset + run.len == page_off
-                                && run.len < RUN_MAX =>
+                            if continues(run, page_addr, 0, page_off) && run.len < RUN_MAX =>
                         {
                             run.crc32c = crc32c::crc32c_append(run.crc32c, bytes);
                             run.len += PAGE;
@@ -319,6 +365,7 @@ pub fn write_regions(
                                 len: PAGE,
                                 offset: page_off,
                                 crc32c: crc32c::crc32c(bytes),
+                                generation: 0,
                             });
                         }
                     }
@@ -335,6 +382,16 @@ pub fn write_regions(
         }
     }
     sink.finish()?;
+    if let Some(b) = &prev {
+        let parents = b.parents();
+        crate::debug!(
+            "incremental against generation {}: {referenced} bytes referenced in {} parent image(s)",
+            b.generation,
+            parents.len()
+        );
+        w.set_parents(parents);
+    }
+    w.add_page_hashes(&hashes);
     Ok(runs)
 }
 

@@ -78,6 +78,24 @@ pub fn pipe_in_job(inode: u64, write: bool) -> bool {
     false
 }
 
+/// Whether some process of the job (this one included) has an fd on `link` (e.g.
+/// "socket:[123]").
+pub fn held_in_job(link: &str) -> bool {
+    for p in job_processes() {
+        if let Ok(fds) = crate::sys::list_numeric_dir(&format!("/proc/{p}/fd")) {
+            for fd in fds {
+                if std::fs::read_link(format!("/proc/{p}/fd/{fd}"))
+                    .map(|l| l.to_string_lossy() == link)
+                    .unwrap_or(false)
+                {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
 /// Whether this process saves shared-memory object `ino`: of the job's processes that map
 /// it, the one with the lowest pid does (all of them compute the same answer while the job
 /// is stopped).

@@ -34,6 +34,14 @@ fn shared_anonymous_memory() {
     run("shm", &programs().path("shm"), &["300"]);
 }
 
+/// A UNIX socketpair and a loopback TCP connection between a parent and a child, with
+/// bytes in flight on both, and a listening socket: every word once and in order across
+/// two restarts; the listening socket accepts afterwards.
+#[test]
+fn sockets_between_processes() {
+    run("sockets", &programs().path("sockets"), &["300"]);
+}
+
 /// Standalone, both programs pass, and detect damage to their own state.
 #[test]
 fn tree_programs_self_check() {

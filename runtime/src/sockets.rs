@@ -1,0 +1,343 @@
+//! Sockets (AF_UNIX, AF_INET, AF_INET6).
+//!
+//! Checkpoint: each socket's domain, type, state, addresses and important options are
+//! recorded; the bytes waiting in a stream socket's receive queue are *peeked* (not
+//! consumed, so nothing has to be put back), and a connected socket must have its peer in
+//! the job. Restart: `ckpt restart` re-creates every connected pair (a socketpair, or a new
+//! loopback TCP connection) with the peeked bytes already in the right receive queues and
+//! hands the ends down; listening and bound sockets are bound again by their process.
+//! A restored TCP connection has new port numbers (getsockname tells the new ones).
+
+use ckpt_image::FdKind;
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+        .collect()
+}
+
+fn getsockopt_int(fd: i32, level: i32, name: i32) -> Option<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into an int.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            &mut v as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (r == 0).then_some(v)
+}
+
+fn addr(fd: i32, peer: bool) -> Option<Vec<u8>> {
+    // SAFETY: zeroed sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let p = &mut ss as *mut _ as *mut libc::sockaddr;
+    // SAFETY: getsockname/getpeername into a sockaddr_storage.
+    let r = unsafe {
+        if peer {
+            libc::getpeername(fd, p, &mut len)
+        } else {
+            libc::getsockname(fd, p, &mut len)
+        }
+    };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: the kernel wrote `len` bytes.
+    Some(unsafe { std::slice::from_raw_parts(p as *const u8, len as usize) }.to_vec())
+}
+
+const OPTS: &[(i32, i32)] = &[
+    (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+    (libc::SOL_SOCKET, libc::SO_REUSEADDR),
+    (libc::SOL_SOCKET, libc::SO_RCVBUF),
+    (libc::SOL_SOCKET, libc::SO_SNDBUF),
+    (libc::IPPROTO_TCP, libc::TCP_NODELAY),
+];
+
+/// Describes socket `fd` (threads are parked).
+pub fn describe(fd: i32, inode: u64) -> Result<FdKind, String> {
+    let domain = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(-1);
+    let stype = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).unwrap_or(-1);
+    if ![libc::AF_UNIX, libc::AF_INET, libc::AF_INET6].contains(&domain) {
+        return Err(format!("fd {fd} is a socket of family {domain} (only UNIX, IPv4 and IPv6 sockets are supported)"));
+    }
+    let listening = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).unwrap_or(0) != 0;
+    let local = addr(fd, false).unwrap_or_default();
+    let remote = addr(fd, true);
+    let state = if listening {
+        "listening"
+    } else if remote.is_some() {
+        "connected"
+    } else if local.len() > 2
+        && !(domain == libc::AF_UNIX && local.len() <= 2)
+        && has_address(domain, &local)
+    {
+        "bound"
+    } else {
+        "unbound"
+    };
+    let mut options = Vec::new();
+    let is_tcp = domain != libc::AF_UNIX && stype == libc::SOCK_STREAM;
+    for &(level, name) in OPTS {
+        if level == libc::IPPROTO_TCP && !is_tcp {
+            continue;
+        }
+        if let Some(v) = getsockopt_int(fd, level, name) {
+            options.push((level, name, v));
+        }
+    }
+    let mut rx = Vec::new();
+    let mut peer_inode = 0;
+    if state == "connected" {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD into an int.
+        unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) };
+        if queued > 0 {
+            if stype != libc::SOCK_STREAM {
+                return Err(format!(
+                    "fd {fd} is a {} socket with {queued} bytes of messages waiting (message sockets with data in flight are not supported yet)",
+                    if stype == libc::SOCK_DGRAM { "datagram" } else { "seqpacket" }
+                ));
+            }
+            rx = vec![0u8; queued as usize + 65536];
+            // SAFETY: peeking into our buffer, non-blocking.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    rx.as_mut_ptr() as *mut libc::c_void,
+                    rx.len(),
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            rx.truncate(n.max(0) as usize);
+            if (rx.len() as libc::c_int) < queued {
+                return Err(format!(
+                    "fd {fd}: could read only {} of the {queued} bytes waiting in the socket",
+                    rx.len()
+                ));
+            }
+        }
+        if domain == libc::AF_UNIX {
+            peer_inode = crate::sockdiag::unix_peer(inode).unwrap_or(0);
+            let peer_ok =
+                peer_inode != 0 && crate::tree::held_in_job(&format!("socket:[{peer_inode}]"));
+            if !peer_ok {
+                return Err(format!(
+                    "fd {fd} is a UNIX socket connected to a process outside the job (only connections between the job's processes can be restored)"
+                ));
+            }
+        } else if !crate::sockdiag::tcp_peer_in_job(&local, remote.as_deref().unwrap_or(&[])) {
+            return Err(format!(
+                "fd {fd} is a TCP connection to {} outside the job (only connections between the job's processes can be restored)",
+                show(remote.as_deref().unwrap_or(&[]))
+            ));
+        }
+    }
+    Ok(FdKind::Socket {
+        inode,
+        domain,
+        stype,
+        state: state.into(),
+        local: hex(&local),
+        remote: hex(remote.as_deref().unwrap_or(&[])),
+        peer_inode,
+        rx: hex(&rx),
+        options,
+    })
+}
+
+fn has_address(domain: i32, sa: &[u8]) -> bool {
+    match domain {
+        libc::AF_UNIX => sa.len() > 2,
+        libc::AF_INET => sa.len() >= 4 && (sa[2] != 0 || sa[3] != 0),
+        libc::AF_INET6 => sa.len() >= 4 && (sa[2] != 0 || sa[3] != 0),
+        _ => false,
+    }
+}
+
+/// A readable form of a sockaddr for messages.
+pub fn show(sa: &[u8]) -> String {
+    if sa.len() >= 8 && u16::from_ne_bytes([sa[0], sa[1]]) as i32 == libc::AF_INET {
+        return format!(
+            "{}.{}.{}.{}:{}",
+            sa[4],
+            sa[5],
+            sa[6],
+            sa[7],
+            u16::from_be_bytes([sa[2], sa[3]])
+        );
+    }
+    if sa.len() >= 24 && u16::from_ne_bytes([sa[0], sa[1]]) as i32 == libc::AF_INET6 {
+        let ip: [u8; 16] = sa[8..24].try_into().unwrap();
+        return format!(
+            "[{}]:{}",
+            std::net::Ipv6Addr::from(ip),
+            u16::from_be_bytes([sa[2], sa[3]])
+        );
+    }
+    hex(sa)
+}
+
+/// Re-creates a socket after a restart: connected ones come from `inherited` (inode → fd
+/// created by `ckpt restart`); listening and bound ones are bound again here.
+pub fn create(kind: &FdKind, inherited: &[(u64, i32)]) -> Result<i32, String> {
+    let FdKind::Socket {
+        inode,
+        domain,
+        stype,
+        state,
+        local,
+        options,
+        ..
+    } = kind
+    else {
+        return Err("not a socket".into());
+    };
+    let fd = if let Some(&(_, f)) = inherited.iter().find(|(i, _)| i == inode) {
+        // SAFETY: duplicating the end handed down to us.
+        unsafe { libc::dup(f) }
+    } else {
+        if state == "connected" {
+            return Err(format!(
+                "socket:[{inode}] was connected, but its peer was not restored with it"
+            ));
+        }
+        // SAFETY: a new socket of the recorded family and type.
+        let fd = unsafe { libc::socket(*domain, *stype, 0) };
+        if fd < 0 {
+            return Err(format!(
+                "socket({domain}, {stype}): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if state == "listening" || state == "bound" {
+            let sa = unhex(local);
+            if *domain == libc::AF_UNIX && sa.len() > 3 && sa[2] != 0 {
+                // A path name: the old socket file is in the way.
+                let end = sa[2..]
+                    .iter()
+                    .position(|&c| c == 0)
+                    .map(|p| p + 2)
+                    .unwrap_or(sa.len());
+                let path = std::ffi::OsStr::from_bytes_compat(&sa[2..end]);
+                let _ = std::fs::remove_file(path);
+            } else {
+                let one: libc::c_int = 1;
+                // SAFETY: setsockopt on our new socket.
+                unsafe {
+                    libc::setsockopt(
+                        fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_REUSEADDR,
+                        &one as *const _ as *const libc::c_void,
+                        4,
+                    )
+                };
+            }
+            // SAFETY: bind to the recorded address bytes.
+            if unsafe {
+                libc::bind(
+                    fd,
+                    sa.as_ptr() as *const libc::sockaddr,
+                    sa.len() as libc::socklen_t,
+                )
+            } != 0
+            {
+                let e = std::io::Error::last_os_error();
+                // SAFETY: closing our socket.
+                unsafe { libc::close(fd) };
+                return Err(format!(
+                    "socket:[{inode}]: binding {} again: {e}",
+                    show(&sa)
+                ));
+            }
+            // SAFETY: listen on our bound socket.
+            if state == "listening" && unsafe { libc::listen(fd, 128) } != 0 {
+                return Err(format!(
+                    "socket:[{inode}]: listen: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        fd
+    };
+    if fd < 0 {
+        return Err(format!(
+            "socket:[{inode}]: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    for &(level, name, v) in options {
+        // SAFETY: setsockopt of an int option we read at checkpoint time.
+        unsafe { libc::setsockopt(fd, level, name, &v as *const _ as *const libc::c_void, 4) };
+    }
+    Ok(fd)
+}
+
+trait FromBytesCompat {
+    fn from_bytes_compat(b: &[u8]) -> &std::ffi::OsStr;
+}
+impl FromBytesCompat for std::ffi::OsStr {
+    fn from_bytes_compat(b: &[u8]) -> &std::ffi::OsStr {
+        use std::os::unix::ffi::OsStrExt;
+        std::ffi::OsStr::from_bytes(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socketpair_peek_keeps_bytes_and_records_state() {
+        let mut sv = [0i32; 2];
+        // SAFETY: creating a test socketpair.
+        assert_eq!(
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, sv.as_mut_ptr()) },
+            0
+        );
+        // SAFETY: writing test bytes.
+        unsafe { libc::write(sv[0], b"abc".as_ptr() as *const libc::c_void, 3) };
+        // The peer is in this very process: the job check finds it.
+        let ino = |fd: i32| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(format!("/proc/self/fd/{fd}"))
+                .unwrap()
+                .ino()
+        };
+        let k = describe(sv[1], ino(sv[1])).unwrap();
+        match &k {
+            FdKind::Socket {
+                state,
+                rx,
+                peer_inode,
+                ..
+            } => {
+                assert_eq!(state, "connected");
+                assert_eq!(unhex(rx), b"abc");
+                assert_eq!(*peer_inode, ino(sv[0]));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Peeking did not consume.
+        let mut b = [0u8; 8];
+        // SAFETY: reading back.
+        let n = unsafe { libc::read(sv[1], b.as_mut_ptr() as *mut libc::c_void, 8) };
+        assert_eq!(&b[..n as usize], b"abc");
+        // SAFETY: closing test fds.
+        unsafe {
+            libc::close(sv[0]);
+            libc::close(sv[1]);
+        }
+    }
+}
