@@ -24,6 +24,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// State after a termination signal: exit once no checkpoint runs and either one was
+/// requested since, or `until` passed.
+#[derive(Debug)]
+struct Term {
+    reason: String,
+    until: Instant,
+    requested: bool,
+}
+
 /// Identifies one process connection.
 pub type ConnId = u64;
 /// Identifies one pending control request.
@@ -164,6 +173,8 @@ pub struct Machine {
     ever_joined: bool,
     idle_since: Instant,
     exit: Option<String>,
+    /// A termination signal arrived (see `terminate`).
+    term: Option<Term>,
 }
 
 fn describe(info: &ProcessInfo) -> String {
@@ -193,6 +204,7 @@ impl Machine {
             ever_joined: false,
             idle_since: now,
             exit: None,
+            term: None,
         }
     }
 
@@ -322,6 +334,16 @@ impl Machine {
                 }
                 self.advance(now, env);
             }
+            Message::RequestCheckpoint { kill } => {
+                tracing::info!("{desc} asks for a checkpoint{}", if kill { " and the end of the job" } else { "" });
+                match self.ckpt.as_mut() {
+                    Some(c) => c.kill |= kill,
+                    None => self.start_checkpoint(now, env, Trigger::Request, None, kill),
+                }
+                if let Some(t) = self.term.as_mut() {
+                    t.requested = true;
+                }
+            }
             Message::Written(w) => {
                 let Some(c) = self.ckpt.as_mut().filter(|c| c.generation == w.generation) else {
                     tracing::warn!("ignoring a late Written for generation {} from {desc}", w.generation);
@@ -396,6 +418,20 @@ impl Machine {
         }
     }
 
+    /// A termination signal (SIGTERM from a batch system ending the job): the job's
+    /// processes get it too, and those holding it ask for a checkpoint first. So do not
+    /// exit yet: finish a checkpoint that runs or is asked for within `grace`, then exit.
+    pub fn terminate(&mut self, now: Instant, reason: String, grace: Duration) {
+        if self.term.is_none() {
+            tracing::info!("{reason}: exiting once a checkpoint in progress or requested within {grace:?} is done");
+            self.term = Some(Term {
+                reason,
+                until: now + grace,
+                requested: self.ckpt.is_some(),
+            });
+        }
+    }
+
     /// Stops the coordinator (a signal): aborts a running checkpoint, leaves the job alone.
     pub fn shutdown(&mut self, now: Instant, env: &mut dyn Env, reason: String) {
         if self.ckpt.is_some() {
@@ -410,6 +446,11 @@ impl Machine {
 
     /// Time passes: timeouts, interval checkpoints, idle exit.
     pub fn tick(&mut self, now: Instant, env: &mut dyn Env) {
+        if let Some(t) = &self.term {
+            if self.ckpt.is_none() && (t.requested || now >= t.until) && self.exit.is_none() {
+                self.exit = Some(t.reason.clone());
+            }
+        }
         if let Some(c) = &self.ckpt {
             if now >= c.deadline {
                 let waiting: Vec<String> = c

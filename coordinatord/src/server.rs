@@ -380,7 +380,17 @@ impl Server {
                     TOKEN_SIGNAL => {
                         while let Some(sig) = sys::read_signalfd(&self.signals) {
                             let reason = format!("received signal {sig}");
-                            self.machine.shutdown(Instant::now(), &mut self.env, reason);
+                            if sig == libc::SIGTERM {
+                                // The job is being ended: its processes may be asking for a
+                                // last checkpoint right now; serve it, then exit.
+                                self.machine.terminate(
+                                    Instant::now(),
+                                    reason,
+                                    Duration::from_secs(10),
+                                );
+                            } else {
+                                self.machine.shutdown(Instant::now(), &mut self.env, reason);
+                            }
                         }
                     }
                     id => self.conn_event(id, bits),

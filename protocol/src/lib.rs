@@ -186,6 +186,11 @@ pub enum Message {
         phase: Phase,
     },
     Written(ImageWritten),
+    /// The process asks for a checkpoint of the whole job now (it received SIGTERM and holds
+    /// it, see `CKPT_HOLD_SIGTERM`); with `kill` the job ends after it.
+    RequestCheckpoint {
+        kill: bool,
+    },
     Failed {
         generation: u64,
         error: String,
@@ -237,6 +242,7 @@ impl Message {
             Message::Terminate => "terminate",
             Message::BarrierReached { .. } => "barrier_reached",
             Message::Written(_) => "written",
+            Message::RequestCheckpoint { .. } => "request_checkpoint",
             Message::Failed { .. } => "failed",
             Message::Checkpoint { .. } => "checkpoint",
             Message::GetStatus => "get_status",

@@ -96,6 +96,9 @@ pub fn start() {
         return;
     }
     vids::ACTIVE.store(true, Ordering::Relaxed);
+    if crate::HOLD_TERM.load(Ordering::Relaxed) {
+        hold_sigterm();
+    }
 
     // glibc's rseq registration (2.35+): re-done for every restored thread.
     // SAFETY: dlsym lookups of data symbols; absent on older glibc.
@@ -130,6 +133,20 @@ pub fn after_fork_child(parent_vpid: i32) {
     vids::REAL_PID.store(pid, Ordering::Relaxed);
     vids::VPPID.store(parent_vpid, Ordering::Relaxed);
     threads::forget_all();
+    // A held SIGTERM must wake this process's checkpoint thread, not the parent's.
+    TERM_ASKED.store(false, Ordering::Relaxed);
+    if TERM_PIPE[0].load(Ordering::Relaxed) >= 0 {
+        let mut p = [0i32; 2];
+        // SAFETY: a new self-pipe for the child; the inherited ends are closed.
+        unsafe {
+            libc::close(TERM_PIPE[0].load(Ordering::Relaxed));
+            libc::close(TERM_PIPE[1].load(Ordering::Relaxed));
+            if libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) == 0 {
+                TERM_PIPE[0].store(high_fd(p[0]), Ordering::Relaxed);
+                TERM_PIPE[1].store(high_fd(p[1]), Ordering::Relaxed);
+            }
+        }
+    }
     // SAFETY: only this thread runs in the child; the config is updated before the agent.
     unsafe {
         if let Some(c) = (*std::ptr::addr_of_mut!(crate::CONFIG)).as_mut() {
@@ -512,10 +529,23 @@ fn serve(stream: &mut UnixStream) -> Outcome {
     let sig = vids::CKPT_SIG.load(Ordering::Relaxed);
     let mut cy = Cycle::default();
     loop {
+        // A held SIGTERM (CKPT_HOLD_SIGTERM) asks for a last checkpoint of the job.
+        if !wait_for_coordinator(own_fd) {
+            if !TERM_ASKED.swap(true, Ordering::Relaxed) {
+                info!("SIGTERM: asking for a checkpoint before the process ends");
+                if !send(stream, &Message::RequestCheckpoint { kill: true }) {
+                    die_by_sigterm();
+                }
+            }
+            continue;
+        }
         let msg = match proto::read_msg(stream) {
             Ok(m) => m,
             Err(_) => {
                 cy.undo();
+                if TERM_ASKED.load(Ordering::Relaxed) {
+                    die_by_sigterm();
+                }
                 return Outcome::Closed;
             }
         };
@@ -644,9 +674,16 @@ fn serve(stream: &mut UnixStream) -> Outcome {
             Message::Abort { generation, reason } => {
                 info!("checkpoint {generation} aborted: {reason}");
                 cy.undo();
+                if TERM_ASKED.load(Ordering::Relaxed) {
+                    die_by_sigterm();
+                }
             }
             Message::Terminate => {
                 info!("terminated by the coordinator");
+                if TERM_ASKED.load(Ordering::Relaxed) {
+                    // End as the SIGTERM the process held would have ended it.
+                    die_by_sigterm();
+                }
                 // SAFETY: kill our own process.
                 unsafe {
                     sys::syscall3(
@@ -1129,5 +1166,99 @@ fn stash_runtime(regions: &mut [Classified]) {
                 *mtime_ns = smd.mtime() * 1_000_000_000 + smd.mtime_nsec();
             }
         }
+    }
+}
+
+/// The self-pipe a held SIGTERM writes to (read end, write end; -1 when not holding).
+static TERM_PIPE: [std::sync::atomic::AtomicI32; 2] = [
+    std::sync::atomic::AtomicI32::new(-1),
+    std::sync::atomic::AtomicI32::new(-1),
+];
+/// A held SIGTERM has asked for a checkpoint.
+static TERM_ASKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_term(_sig: i32) {
+    let fd = TERM_PIPE[1].load(Ordering::Relaxed);
+    let b = 1u8;
+    // SAFETY: write(2) is async-signal-safe; one byte from a local.
+    unsafe { sys::syscall3(libc::SYS_write, fd as u64, &b as *const u8 as u64, 1) };
+}
+
+/// With `CKPT_HOLD_SIGTERM=1` (set by the Slurm plugin): a SIGTERM the program leaves at
+/// its default disposition first triggers a checkpoint of the whole job, and the process
+/// ends after it (or, if the checkpoint fails, by the SIGTERM as it would have).
+pub fn hold_sigterm() {
+    let mut cur: libc::sigaction = unsafe { std::mem::zeroed() };
+    if vids::real_sigaction(libc::SIGTERM, std::ptr::null(), &mut cur) != 0
+        || cur.sa_sigaction != libc::SIG_DFL
+    {
+        return;
+    }
+    let mut p = [0i32; 2];
+    // SAFETY: pipe2 into a local array.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return;
+    }
+    let (r, w) = (high_fd(p[0]), high_fd(p[1]));
+    TERM_PIPE[0].store(r, Ordering::Relaxed);
+    TERM_PIPE[1].store(w, Ordering::Relaxed);
+    // SAFETY: zeroed sigaction, then our handler.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = on_term as *const () as usize;
+    act.sa_flags = libc::SA_RESTART;
+    vids::real_sigaction(libc::SIGTERM, &act, std::ptr::null_mut());
+}
+
+/// Waits until the coordinator connection is readable (true) or a held SIGTERM arrived
+/// (false).
+fn wait_for_coordinator(fd: RawFd) -> bool {
+    let t = TERM_PIPE[0].load(Ordering::Relaxed);
+    if t < 0 || TERM_ASKED.load(Ordering::Relaxed) {
+        return true;
+    }
+    let mut fds = [
+        libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: t,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: poll on two valid pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            continue;
+        }
+        if fds[1].revents != 0 {
+            let mut b = [0u8; 64];
+            // SAFETY: draining the self-pipe.
+            unsafe { libc::read(t, b.as_mut_ptr() as *mut libc::c_void, b.len()) };
+            return false;
+        }
+        return true;
+    }
+}
+
+/// Ends the process by the SIGTERM it held, with the default disposition.
+fn die_by_sigterm() -> ! {
+    // SAFETY: zeroed sigaction = SIG_DFL.
+    let act: libc::sigaction = unsafe { std::mem::zeroed() };
+    vids::real_sigaction(libc::SIGTERM, &act, std::ptr::null_mut());
+    let pid = sys::getpid_real();
+    // SAFETY: signalling our own process; SIGTERM is not blocked in this thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        sys::syscall3(libc::SYS_kill, pid as u64, libc::SIGTERM as u64, 0);
+    }
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
     }
 }

@@ -55,6 +55,8 @@ pub struct Config {
 
 pub static mut CONFIG: Option<Config> = None;
 static CKPT_TID: AtomicI32 = AtomicI32::new(0);
+/// CKPT_HOLD_SIGTERM was set: see `agent::hold_sigterm`.
+pub static HOLD_TERM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 pub fn config() -> &'static Config {
     // SAFETY: written once by the constructor before the checkpoint thread starts; only read
@@ -101,6 +103,8 @@ extern "C" fn ctor(argc: i32, argv: *const *const c_char, envp: *const *const c_
             sig = v.parse().unwrap_or(62);
         } else if let Some(v) = s.strip_prefix("CKPT_RESTART=") {
             restart = !v.is_empty() && v != "0";
+        } else if let Some(v) = s.strip_prefix("CKPT_HOLD_SIGTERM=") {
+            HOLD_TERM.store(!v.is_empty() && v != "0", Ordering::Relaxed);
         } else if let Some(v) = s.strip_prefix("CKPT_BIN=") {
             ckpt_bin = Some(v.to_string());
         } else if let Some(r) = [

@@ -469,6 +469,8 @@ pub fn task_init(sp: Spank, _args: &[String]) -> Result<(), String> {
         &Path::new(&cfg.bin_dir).join("ckpt").to_string_lossy(),
     )?;
     sp.setenv("CKPT_LOG", &cfg.log_level)?;
+    // A SIGTERM (scontrol requeue, scancel, the end of GraceTime) first checkpoints the job.
+    sp.setenv("CKPT_HOLD_SIGTERM", "1")?;
     let rank = sp.task_global_id().unwrap_or(0);
     let restore = if job.restart_from {
         match newest_complete(&job.dir)? {

@@ -15,6 +15,8 @@
 #      checkpoint (first tick after the restore > 1, no tick from 1 again) and ends with PASS
 #   d. srun --restart-from: an srun step of 2 tasks is checkpointed, the job ends, a new srun
 #      restores both tasks by rank from the directory and they finish with PASS
+#   q. plain `scontrol requeue`: the runtime holds the SIGTERM, the job is checkpointed first,
+#      and the requeued job continues from that checkpoint (not from an older one or from zero)
 #   w. walltime: a job with --time=2 is checkpointed walltime_margin before its limit, requeued
 #      and restored (CKPT_E2E_WALLTIME=0 skips it)
 #   and after every job: no ckpt-coordinatord / ckpt-slurm agent outlives its job.
@@ -254,6 +256,36 @@ figure "preemption: high submitted -> Restarts=1 seen: $( [[ -n $t_requeue ]] &&
 figure "preemption: high submitted -> high running: $( [[ -n $t_high_run ]] && since "$t_high" "$t_high_run" || echo -) s"
 figure "preemption: high submitted -> low running again: $( [[ -n $t_low_again ]] && since "$t_high" "$t_low_again" || echo -) s"
 figure "preemption: high submitted -> first tick of the restored program: $( [[ -n $t_first_tick ]] && since "$t_high" "$t_first_tick" || echo -) s"
+
+# --- (q) plain scontrol requeue: the runtime holds the SIGTERM and checkpoints first ------------------
+QT=900
+cat >"$WORK/rq.sh" <<EOS
+#!/bin/bash
+#SBATCH --checkpoint-dmtcp
+echo "run restart=\${SLURM_RESTART_COUNT:-0} host=\$(hostname)"
+exec $WORK/counter $QT
+EOS
+chmod 755 "$WORK/rq.sh"
+out=$(as_user sbatch -p low -N1 -w "${NODES[1]}" --open-mode=append -o rq-%j.out "$WORK/rq.sh" 2>&1)
+JQ=$(submitted "$out"); JOBS+=("$JQ")
+check "(q) job submitted ($out)" test -n "$JQ"
+RQOUT=$WORK/rq-$JQ.out
+wait_state "$JQ" RUNNING 60
+deadline=$((SECONDS + 60))
+until grep -q '^tick 40$' "$RQOUT" 2>/dev/null || (( SECONDS > deadline )); do sleep 0.2; done
+check "(q) job $JQ running and ticking" grep -q '^tick 40$' "$RQOUT"
+t_rq=$(now)
+scontrol requeue "$JQ"
+st=$(wait_done "$JQ" 240)
+check "(q) the requeued job completed ($st)" test "$st" == COMPLETED
+res=$(verify_restored "$RQOUT" "$QT" "")
+info "$(tr '\n' ';' <<<"$res")"
+first_after=$(sed -n 's/.*first_after=\([0-9]*\).*/\1/p' <<<"$res" | head -1)
+check "(q) plain scontrol requeue: restored from the checkpoint its SIGTERM triggered (first tick after the restore ${first_after:-?} > 40)" \
+    test "${first_after:-0}" -gt 40
+check "(q) ... and the whole run verified (consecutive ticks to $QT, PASS)" quiet verify_restored "$RQOUT" "$QT" ""
+check "(q) no coordinator outlives job $JQ" no_leftovers "$JQ"
+figure "scontrol requeue: requeue -> job completed after the restore: $(since "$t_rq") s"
 
 # --- (d) srun --restart-from ------------------------------------------------------------------------
 DT=600
