@@ -356,6 +356,7 @@ fn print_image(p: &InspectedImage) {
                 Some(*offset),
             ),
             FdKind::Path { path } => ("o_path", path.clone(), None),
+            FdKind::Fifo { path } => ("fifo", path.clone(), None),
             FdKind::Socket {
                 inode,
                 state,

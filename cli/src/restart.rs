@@ -843,6 +843,15 @@ fn check_files(meta: &ProcessMeta, img: &Path) -> anyhow::Result<()> {
                     )
                 })?;
             }
+            FdKind::Fifo { path } => {
+                std::fs::metadata(path).with_context(|| {
+                    format!(
+                        "{}: fd {} is the FIFO {path}, which is gone",
+                        img.display(),
+                        f.fd
+                    )
+                })?;
+            }
             FdKind::Path { path } => {
                 std::fs::symlink_metadata(path).with_context(|| {
                     format!(

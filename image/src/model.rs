@@ -157,6 +157,10 @@ pub enum FdKind {
         capacity: u64,
         buffered: u64,
     },
+    /// A named pipe (FIFO) opened by path; reopened by path (it held no data).
+    Fifo {
+        path: String,
+    },
     /// A device such as /dev/null, /dev/zero, /dev/urandom.
     Device {
         path: String,

@@ -181,6 +181,14 @@ fn classify(fd: i32, fl: i32, cloexec: bool, skip: &[i32]) -> Result<Option<FdMe
             capacity: cap,
             buffered: 0,
         }
+    } else if fmt == libc::S_IFIFO && link.starts_with('/') && !deleted {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD into an int.
+        unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) };
+        if queued > 0 {
+            return Err(format!("fd {fd} is the FIFO {link} with {queued} bytes in it (data in named pipes is not kept yet)"));
+        }
+        FdKind::Fifo { path: link }
     } else if fmt == libc::S_IFSOCK {
         crate::sockets::describe(fd, st.st_ino)?
     } else {
@@ -243,6 +251,7 @@ pub fn restore(
                 FdKind::Epoll { .. } => crate::epoll::create(f.fd)?,
                 FdKind::Inotify { watches } => crate::inotify::create(f.fd, watches, f.flags)?,
                 FdKind::Socket { .. } => crate::sockets::create(&f.kind, inherited_sockets)?,
+                FdKind::Fifo { path } => open_fifo(f, path)?,
                 FdKind::Memfd { .. } | FdKind::Deleted { .. } => {
                     crate::memfd::open(f.fd, &f.kind, f.flags, &mut made, min_fd)?
                 }
@@ -315,6 +324,36 @@ pub fn restore(
     crate::memfd::clear();
     result?;
     crate::locks::restore()
+}
+
+/// Opens a FIFO again without blocking for a peer: a reader with O_NONBLOCK (then the
+/// recorded status flags), a writer read-write (a write-only open would fail without a
+/// reader).
+fn open_fifo(f: &FdMeta, path: &str) -> Result<i32, String> {
+    let c = CString::new(path).map_err(|_| format!("fd {}: bad path", f.fd))?;
+    let mode = if f.flags & libc::O_ACCMODE == libc::O_RDONLY {
+        libc::O_RDONLY
+    } else {
+        libc::O_RDWR
+    };
+    // SAFETY: open with a NUL-terminated path.
+    let fd = unsafe { libc::open(c.as_ptr(), mode | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!(
+            "fd {}: cannot reopen the FIFO {path}: {}",
+            f.fd,
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: the recorded status flags (O_NONBLOCK or not) on our fd.
+    unsafe {
+        libc::fcntl(
+            fd,
+            libc::F_SETFL,
+            f.flags & (libc::O_NONBLOCK | libc::O_APPEND),
+        )
+    };
+    Ok(fd)
 }
 
 fn open_like(f: &FdMeta, path: &str) -> Result<i32, String> {

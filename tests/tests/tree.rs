@@ -42,6 +42,22 @@ fn sockets_between_processes() {
     run("sockets", &programs().path("sockets"), &["300"]);
 }
 
+/// A named pipe (FIFO) whose read end the program keeps open: reopened by path.
+#[test]
+fn fifo_kept_open() {
+    let sb = Sandbox::new("fifo");
+    let work = sb.work_dir();
+    match corpus_cycle(
+        &sb,
+        "fifo",
+        &programs().path("fifo"),
+        &["300", &work.to_string_lossy()],
+    ) {
+        Ok(run) => println!("fifo: PASS\n{}", summarize(&run.cycles)),
+        Err(e) => panic!("\n{e}"),
+    }
+}
+
 /// Standalone, both programs pass, and detect damage to their own state.
 #[test]
 fn tree_programs_self_check() {
