@@ -316,10 +316,13 @@ def restart_once(reg, ckpt, ckdir, gen_dir, wl, r, args, env, restart_err, pre_t
     the seconds until the first new tick; raises Failure."""
     # The restart happens as in a new job: no coordinator left from the launch.
     stop_coordinator(reg, ckdir, ckpt)
-    if mode == "cold":
-        drop_cache(gen_dir)
-    elif mode == "hot":
-        warm_cache(gen_dir)
+    # every generation: an incremental image reads page data from older ones
+    gens = [os.path.join(ckdir, g) for g in os.listdir(ckdir) if g.startswith("gen-")]
+    for g in gens:
+        if mode == "cold":
+            drop_cache(g)
+        elif mode == "hot":
+            warm_cache(g)
     cmd = [ckpt, "restart", ckdir]
     spawn_wall = time.time()
     t0 = time.monotonic()

@@ -1339,3 +1339,142 @@ fn page_sink_dropped_unfinished_poisons_the_writer() {
     }
     assert_eq!(w.end_pages().unwrap_err().kind(), ErrorKind::Usage);
 }
+
+/// Enough data for the sink to switch to asynchronous I/O (after 64 MiB), with several
+/// writes in flight; every byte must read back.
+#[test]
+fn page_sink_async_large() {
+    let d = TempDir::new("sink-async");
+    let path = d.path().join("img");
+    let mut w = ImageWriter::create(&path).unwrap();
+    w.begin_pages().unwrap();
+    let run_len = 1usize << 20;
+    let nruns = 80u64;
+    let mut runs = Vec::new();
+    let io;
+    {
+        let mut sink = w.page_sink(3, 1 << 20, PageIo::DirectAsync).unwrap();
+        for i in 0..nruns {
+            let data = pattern(run_len, 1000 + i);
+            let start = sink.offset();
+            let mut put = 0;
+            while put < data.len() {
+                let space = sink.space().unwrap();
+                let n = space.len().min(data.len() - put);
+                space[..n].copy_from_slice(&data[put..put + n]);
+                sink.commit(n).unwrap();
+                put += n;
+            }
+            runs.push(PageRun {
+                addr: 0x4000_0000 + i * 2 * run_len as u64,
+                len: run_len as u64,
+                offset: start,
+                crc32c: crc32c::crc32c(&data),
+                generation: 0,
+            });
+        }
+        io = sink.io();
+        sink.finish().unwrap();
+    }
+    w.end_pages().unwrap();
+    w.add_page_map(&runs).unwrap();
+    w.add_section(
+        SectionKind::Meta,
+        &serde_json::to_vec(&sample_meta()).unwrap(),
+    )
+    .unwrap();
+    let len = w.finish().unwrap();
+    assert_eq!(fs::metadata(&path).unwrap().len(), len);
+    let r = ImageReader::open(&path).unwrap();
+    assert_eq!(r.page_runs().unwrap(), runs);
+    r.verify_pages().unwrap();
+    println!("80 MiB through the sink: {io:?}");
+}
+
+/// An incremental image: runs of a parent are listed by generation, found through the
+/// parent's path, verified from the parent; a replaced parent is refused; retention keeps a
+/// referenced generation.
+#[test]
+fn incremental_image_and_retention() {
+    let d = TempDir::new("incr");
+    let root = d.path().join("ck");
+    let cd = CkptDir::create(&root).unwrap();
+    let name = CkptDir::image_file_name(7);
+    // Generation 1: a full image.
+    let g1 = cd.begin(1).unwrap();
+    let full = write_sample(&g1.join(&name), false);
+    let r1 = ImageReader::open(&g1.join(&name)).unwrap();
+    let parent = ParentRef {
+        generation: 1,
+        file: name.clone(),
+        file_len: r1.file_len(),
+        trailer_crc: r1.trailer_crc(),
+    };
+    drop(r1);
+    // Generation 2: its own first run, the others taken from generation 1.
+    let g2 = cd.begin(2).unwrap();
+    let p2 = g2.join(&name);
+    let mut w = ImageWriter::create(&p2).unwrap();
+    w.add_section(SectionKind::Meta, &serde_json::to_vec(&full.meta).unwrap())
+        .unwrap();
+    w.begin_pages().unwrap();
+    let new_bytes = pattern(4096, 99);
+    let mut runs = vec![w.write_pages(full.runs[0].addr, &new_bytes).unwrap()];
+    for r in &full.runs[1..] {
+        let mut x = *r;
+        x.generation = 1;
+        runs.push(x);
+    }
+    w.end_pages().unwrap();
+    w.set_parents(vec![parent.clone()]);
+    w.add_page_map(&runs).unwrap();
+    w.finish().unwrap();
+    let r2 = ImageReader::open(&p2).unwrap();
+    let back = r2.page_runs().unwrap();
+    assert_eq!(back, runs);
+    assert_eq!(r2.parents().unwrap(), vec![parent]);
+    assert_eq!(r2.parent_path(&r2.parents().unwrap()[0]), g1.join(&name));
+    r2.verify_pages().unwrap();
+    let mut buf = vec![0u8; back[1].len as usize];
+    r2.read_run(&back[1], &mut buf).unwrap();
+    assert_eq!(buf, full.pages[1].1);
+    // PAGEMAP version 2 (a 1.0 reader refuses it), PARENTS before it.
+    let kinds: Vec<(SectionKind, u32)> =
+        r2.sections().iter().map(|s| (s.kind, s.version)).collect();
+    assert!(
+        kinds.contains(&(SectionKind::PageMap, 2)) && kinds.contains(&(SectionKind::Parents, 1))
+    );
+    // Retention: with keep 1, generation 1 stays while generation 2 references it.
+    let commit = |n: u64, dir: &Path| {
+        let bytes = fs::metadata(dir.join(&name)).unwrap().len();
+        let m = Manifest::new(
+            n,
+            100,
+            0.1,
+            vec![ManifestProcess {
+                vpid: 7,
+                real_pid: 7,
+                program: "p".into(),
+                host: "h".into(),
+                file: name.clone(),
+                bytes,
+                rank: None,
+            }],
+            None,
+        );
+        cd.commit(n, &m).unwrap();
+    };
+    commit(1, &g1);
+    commit(2, &g2);
+    assert_eq!(cd.referenced_by(2).unwrap(), vec![1]);
+    assert!(cd.prune(1).unwrap().is_empty());
+    assert!(g1.join(&name).exists());
+    // A replaced parent is refused, naming it.
+    drop(r2);
+    write_sample(&d.path().join("other.img"), true);
+    fs::rename(d.path().join("other.img"), g1.join(&name)).unwrap();
+    let r2 = ImageReader::open(&p2).unwrap();
+    let e = r2.open_parents(&r2.page_runs().unwrap()).unwrap_err();
+    assert!(e.to_string().contains("replaced"), "{e}");
+    assert!(r2.verify_pages().is_err());
+}

@@ -273,10 +273,15 @@ fn munmap_outside_window(lo: u64, hi: u64) {
 
 /// Bytes per read system call.
 const READ_CHUNK: u64 = 2 << 20;
+/// Smaller reads go through the page cache even when it is cold: a small O_DIRECT read is
+/// one synchronous disk round trip, while buffered reads of neighbouring small runs (an
+/// incremental image's changed pages) share the readahead.
+const DIRECT_MIN: usize = 256 << 10;
 /// Below this many bytes of page data the second thread is not worth starting.
 const PARALLEL_MIN: u64 = 32 << 20;
 const WORKER_STACK_SIZE: usize = 64 * 1024;
-const MAX_SOURCES: usize = 16;
+/// The image and its parents (and any descriptor a plan names directly).
+const MAX_SOURCES: usize = MAX_PARENTS + 4;
 
 static mut CRC: ckpt_plan::crc::Crc32c = ckpt_plan::crc::Crc32c::empty();
 
@@ -489,7 +494,7 @@ fn read_one(op: &Op) {
         let dst = (op.addr + done) as usize;
         let off = (op.off + done) as usize;
         let r;
-        if dfd >= 0 && !cached(fd, off, n) {
+        if dfd >= 0 && n >= DIRECT_MIN && !cached(fd, off, n) {
             // Not (all) in the page cache: straight from the disk into the destination,
             // instead of through new page-cache pages and a copy.
             // SAFETY: pread into the writable destination; page aligned (format rule).
