@@ -117,5 +117,10 @@ else
         { tail -20 "$CACHE/docker-build.log" >&2; die "docker build failed (log: $CACHE/docker-build.log)"; }
 fi
 docker tag "$IMAGE" "$IMAGE_REPO:current"
+# older cluster/base images of ours (other hashes) are not needed any more; an image a
+# container still uses is kept (docker rmi refuses it)
+for old in $(docker images --format '{{.Repository}}:{{.Tag}}' "$IMAGE_REPO"; docker images --format '{{.Repository}}:{{.Tag}}' "$BASE_REPO"); do
+    [[ $old == "$IMAGE" || $old == "$IMAGE_REPO:current" || $old == "$BASE" ]] || docker rmi "$old" >/dev/null 2>&1 || true
+done
 step "done: $IMAGE (= $IMAGE_REPO:current), Slurm $SLURM_VERSION"
 echo "$IMAGE"

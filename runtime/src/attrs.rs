@@ -45,14 +45,28 @@ fn status_field(tid: i32, key: &str) -> Option<String> {
 
 /// Refuses what cannot be recreated: seccomp filters, namespaces not shared with the parent.
 pub fn check(tid: i32) -> Result<(), String> {
+    // A filter inherited from the parent (a container's default seccomp profile, a batch
+    // system's) is the environment's: a restart in the same environment has it too. Only
+    // filters the program added itself cannot be recreated.
+    let ppid = crate::sys::getppid_real();
+    let parent = |key: &str| -> Option<String> {
+        let s = std::fs::read_to_string(format!("/proc/{ppid}/status")).ok()?;
+        s.lines()
+            .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+    };
     if let Some(v) = status_field(tid, "Seccomp:") {
-        if v != "0" {
+        let mine: u64 = status_field(tid, "Seccomp_filters:")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(u64::from(v != "0"));
+        let theirs: u64 = parent("Seccomp_filters:")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(u64::from(parent("Seccomp:").is_some_and(|p| p != "0")));
+        if v != "0" && mine > theirs {
             return Err(format!(
-                "it runs under a seccomp filter (Seccomp: {v}); filters cannot be installed again by an unprivileged restart (run it without the filter, or install the filter after a restart)"
+                "it installed a seccomp filter (Seccomp: {v}, {mine} filter(s), its parent {theirs}); filters cannot be installed again by an unprivileged restart (run it without the filter, or install the filter after a restart)"
             ));
         }
     }
-    let ppid = crate::sys::getppid_real();
     for ns in ["user", "mnt", "net", "ipc", "uts", "cgroup", "time"] {
         let mine = std::fs::read_link(format!("/proc/self/ns/{ns}"));
         let parent = std::fs::read_link(format!("/proc/{ppid}/ns/{ns}"));
