@@ -117,6 +117,10 @@ pub fn start() {
     spawn_agent();
 }
 
+/// Held while a coordinator connection is being opened and by `fork()`, so that a child
+/// never inherits a connection it does not know to close.
+pub static FORK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The file descriptor of the coordinator connection (-1 when not connected).
 static COORD_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
@@ -381,6 +385,7 @@ fn connect(socket: &str, restored_from: Option<u64>) -> Result<UnixStream, Strin
             Err(_) => Err(first),
         }
     };
+    let guard = FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let raw = match socket.strip_prefix("tcp:") {
         Some(addr) => tcp(addr).or_else(from_addr_file)?,
         None => match UnixStream::connect(socket) {
@@ -390,6 +395,7 @@ fn connect(socket: &str, restored_from: Option<u64>) -> Result<UnixStream, Strin
     };
     let fd = high_fd(raw);
     COORD_FD.store(fd, Ordering::Relaxed);
+    drop(guard);
     // SAFETY: fd is a connected socket we own.
     let mut s = unsafe { UnixStream::from_raw_fd(fd) };
     let secret =

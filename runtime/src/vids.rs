@@ -164,11 +164,44 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
     let f = next_symbol(&REAL_FORK, b"fork\0");
     let parent_vpid = getpid();
     let active = ACTIVE.load(Ordering::Relaxed);
-    // The runtime's allocator must not be copied in a locked state.
+    // No checkpoint may park this thread while it holds the runtime's locks below (the
+    // checkpoint thread needs them), so the checkpoint signal waits until the fork is done.
+    let sig_bit: u64 = 1 << (CKPT_SIG.load(Ordering::Relaxed) - 1);
+    let mut old_mask: u64 = 0;
+    // SAFETY: rt_sigprocmask(SIG_BLOCK) of one signal for this thread.
+    unsafe {
+        sys::syscall6(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_BLOCK as u64,
+            &sig_bit as *const u64 as u64,
+            &mut old_mask as *mut u64 as u64,
+            8,
+            0,
+            0,
+        )
+    };
+    // A coordinator connection being opened must be known (to close it in the child), and
+    // the runtime's allocator must not be copied in a locked state.
+    let guard = crate::agent::FORK_LOCK
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     crate::ALLOC.lock();
     // SAFETY: glibc's fork.
     let r = unsafe { std::mem::transmute::<usize, ForkFn>(f)() };
     crate::ALLOC.unlock();
+    drop(guard);
+    // SAFETY: restores this thread's mask.
+    unsafe {
+        sys::syscall6(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK as u64,
+            &old_mask as *const u64 as u64,
+            0,
+            8,
+            0,
+            0,
+        )
+    };
     if r == 0 && active {
         crate::agent::after_fork_child(parent_vpid);
     }

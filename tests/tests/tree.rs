@@ -61,6 +61,9 @@ fn fifo_kept_open() {
 /// Standalone, both programs pass, and detect damage to their own state.
 #[test]
 fn tree_programs_self_check() {
+    // Everything a test starts must run while it holds a sandbox (the global test lock):
+    // another test's cleanup sweeps this process's stray children.
+    let _sb = Sandbox::new("tree-self");
     for (name, args) in [
         ("tree", vec!["12"]),
         ("pipeline", vec!["12"]),
