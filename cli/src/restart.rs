@@ -834,19 +834,13 @@ fn check_files(meta: &ProcessMeta, img: &Path) -> anyhow::Result<()> {
     }
     for f in &meta.files {
         match &f.kind {
-            FdKind::Regular { path, .. } | FdKind::Directory { path } | FdKind::Device { path } => {
+            FdKind::Regular { path, .. }
+            | FdKind::Directory { path }
+            | FdKind::Device { path }
+            | FdKind::Fifo { path } => {
                 std::fs::metadata(path).with_context(|| {
                     format!(
                         "{}: fd {} refers to {path}, which is gone",
-                        img.display(),
-                        f.fd
-                    )
-                })?;
-            }
-            FdKind::Fifo { path } => {
-                std::fs::metadata(path).with_context(|| {
-                    format!(
-                        "{}: fd {} is the FIFO {path}, which is gone",
                         img.display(),
                         f.fd
                     )

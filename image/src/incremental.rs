@@ -79,8 +79,7 @@ impl Base {
             .generations()
             .map_err(|e| e.to_string())?
             .into_iter()
-            .filter(|g| g.is_complete() && g.number < this)
-            .next_back()
+            .rfind(|g| g.is_complete() && g.number < this)
             .ok_or("no earlier complete generation")?;
         let base_path = prev.path.join(&name);
         if !base_path.exists() {

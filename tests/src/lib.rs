@@ -1304,3 +1304,41 @@ pub fn summarize(infos: &[CycleInfo]) -> String {
     }
     s
 }
+
+/// Replaces `{work}` in program arguments with the sandbox's work directory.
+pub fn expand(sb: &Sandbox, args: &[&str]) -> Vec<String> {
+    args.iter()
+        .map(|a| a.replace("{work}", &sb.work_dir().to_string_lossy()))
+        .collect()
+}
+
+/// A corpus program run without ckpt must pass on its own (ticks 1..=N, PASS, exit 0) and,
+/// with CKPT_TEST_CORRUPT=3 (it damages its own state), must FAIL with exit status 1: proof
+/// that the checks the checkpoint tests rely on can fail.
+pub fn selfcheck(name: &str, args: &[&str]) {
+    let sb = Sandbox::new(&format!("{name}-self"));
+    let args = expand(&sb, args);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let prog = programs().path(name);
+    let ticks: u64 = args[0].parse().unwrap();
+    let t = Duration::from_secs(120);
+
+    let (out, lines) = run_standalone(&prog, &args, &[], t);
+    let got: Vec<u64> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
+        .collect();
+    let want: Vec<u64> = (1..=ticks).collect();
+    assert!(
+        out.success() && lines.last().map(String::as_str) == Some("PASS") && got == want,
+        "{name} does not pass on its own (expected ticks 1..={ticks} then PASS, exit 0):\n{}",
+        out.report()
+    );
+
+    let (out, lines) = run_standalone(&prog, &args, &[("CKPT_TEST_CORRUPT", "3")], t);
+    assert!(
+        out.status.and_then(|s| s.code()) == Some(1) && lines.iter().any(|l| l.starts_with("FAIL ")) && !lines.iter().any(|l| l == "PASS"),
+        "{name} with CKPT_TEST_CORRUPT=3 did not detect the damage (expected a FAIL line and exit 1):\n{}",
+        out.report()
+    );
+}

@@ -7,17 +7,10 @@
 //! the checks the cycle relies on can fail.
 
 use ckpt_tests::*;
-use std::time::Duration;
 
 /// Ticks for the cycle runs: enough that a slow checkpoint never lets the program finish
 /// before it is killed (~35 ms a tick).
 const TICKS: &str = "300";
-
-fn expand(sb: &Sandbox, args: &[&str]) -> Vec<String> {
-    args.iter()
-        .map(|a| a.replace("{work}", &sb.work_dir().to_string_lossy()))
-        .collect()
-}
 
 fn cycle(name: &str, args: &[&str]) -> CorpusRun {
     let mut sb = Sandbox::new(name);
@@ -59,34 +52,6 @@ fn after_cycle(name: &str, run: &CorpusRun) {
                 .join("; ")
         );
     }
-}
-
-fn selfcheck(name: &str, args: &[&str]) {
-    let sb = Sandbox::new(&format!("{name}-self"));
-    let args = expand(&sb, args);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let prog = programs().path(name);
-    let ticks: u64 = args[0].parse().unwrap();
-    let t = Duration::from_secs(120);
-
-    let (out, lines) = run_standalone(&prog, &args, &[], t);
-    let got: Vec<u64> = lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
-        .collect();
-    let want: Vec<u64> = (1..=ticks).collect();
-    assert!(
-        out.success() && lines.last().map(String::as_str) == Some("PASS") && got == want,
-        "{name} does not pass on its own (expected ticks 1..={ticks} then PASS, exit 0):\n{}",
-        out.report()
-    );
-
-    let (out, lines) = run_standalone(&prog, &args, &[("CKPT_TEST_CORRUPT", "3")], t);
-    assert!(
-        out.status.and_then(|s| s.code()) == Some(1) && lines.iter().any(|l| l.starts_with("FAIL ")) && !lines.iter().any(|l| l == "PASS"),
-        "{name} with CKPT_TEST_CORRUPT=3 did not detect the damage (expected a FAIL line and exit 1):\n{}",
-        out.report()
-    );
 }
 
 macro_rules! corpus {

@@ -88,7 +88,7 @@ fn damaged_page_run_is_found_by_the_restorer() {
         big.len() >= 8,
         "expected the 64 MiB region in runs of >= 1 MiB: {runs:?}"
     );
-    let victim = big[big.len() / 2].clone();
+    let victim = *big[big.len() / 2];
     drop(reader);
     let at = victim.offset + victim.len / 2 + 123;
     let f = OpenOptions::new()

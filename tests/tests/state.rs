@@ -3,15 +3,8 @@
 //! standalone self-check (passes alone; fails when told to damage its own state).
 
 use ckpt_tests::*;
-use std::time::Duration;
 
 const TICKS: &str = "300";
-
-fn expand(sb: &Sandbox, args: &[&str]) -> Vec<String> {
-    args.iter()
-        .map(|a| a.replace("{work}", &sb.work_dir().to_string_lossy()))
-        .collect()
-}
 
 fn cycle(name: &str, args: &[&str]) {
     let sb = Sandbox::new(name);
@@ -22,34 +15,6 @@ fn cycle(name: &str, args: &[&str]) {
         Ok(run) => println!("{name}: PASS\n{}", summarize(&run.cycles)),
         Err(e) => panic!("\n{e}"),
     }
-}
-
-fn selfcheck(name: &str, args: &[&str]) {
-    let sb = Sandbox::new(&format!("{name}-self"));
-    let args = expand(&sb, args);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let prog = programs().path(name);
-    let ticks: u64 = args[0].parse().unwrap();
-    let t = Duration::from_secs(120);
-    let (out, lines) = run_standalone(&prog, &args, &[], t);
-    let got: Vec<u64> = lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
-        .collect();
-    let want: Vec<u64> = (1..=ticks).collect();
-    assert!(
-        out.success() && lines.last().map(String::as_str) == Some("PASS") && got == want,
-        "{name} does not pass on its own:\n{}",
-        out.report()
-    );
-    let (out, lines) = run_standalone(&prog, &args, &[("CKPT_TEST_CORRUPT", "3")], t);
-    assert!(
-        out.status.and_then(|s| s.code()) == Some(1)
-            && lines.iter().any(|l| l.starts_with("FAIL "))
-            && !lines.iter().any(|l| l == "PASS"),
-        "{name} with CKPT_TEST_CORRUPT=3 did not detect the damage:\n{}",
-        out.report()
-    );
 }
 
 macro_rules! state {
