@@ -466,6 +466,26 @@ pub fn ensure_coordinator(
     )
 }
 
+/// The coordinator address a restored process is told to use: `$CKPT_SOCKET` when it is a
+/// TCP address that answers (a process of a job on several hosts, away from the
+/// coordinator's host: the Slurm plugin sets it), else the UNIX socket of the coordinator
+/// that [`ensure_coordinator`] finds or starts.
+pub fn restart_socket(dir: &Path) -> anyhow::Result<String> {
+    if let Some(s) = nonempty_env("CKPT_SOCKET") {
+        let e = Endpoint::parse(&s);
+        if matches!(e, Endpoint::Tcp(_)) {
+            if let Ok(mut c) = Client::connect_to(&e, dir) {
+                if c.status().is_ok() {
+                    return Ok(e.to_string());
+                }
+            }
+        }
+    }
+    Ok(ensure_coordinator(dir, None, 3)?
+        .to_string_lossy()
+        .into_owned())
+}
+
 /// [`ensure_coordinator`] with every option.
 pub fn ensure_coordinator_with(dir: &Path, opts: &CoordOptions) -> anyhow::Result<PathBuf> {
     create_ckpt_dir(dir)?;

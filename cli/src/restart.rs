@@ -107,9 +107,9 @@ pub fn run(dir: &Path, generation: Option<u64>, which: Which) -> anyhow::Result<
     };
     let img_path = gen.path.join(&proc_.file);
     let img = Loaded::open(&img_path)?;
-    let socket = crate::coord::ensure_coordinator(&dir, None, 3)?;
+    let socket = crate::coord::restart_socket(&dir)?;
     let info = serde_json::json!({
-        "socket": socket.to_string_lossy(),
+        "socket": socket,
         "ckpt_dir": dir.to_string_lossy(),
         "generation": gen.number,
     });
@@ -532,7 +532,7 @@ fn restore_tree(
             std::io::Error::last_os_error()
         );
     }
-    let socket = crate::coord::ensure_coordinator(dir, None, 3)?;
+    let socket = crate::coord::restart_socket(dir)?;
     let pipes_json: Vec<serde_json::Value> = shared
         .iter()
         .map(|(i, r, w)| serde_json::json!({"inode": i, "read_fd": r, "write_fd": w}))
@@ -547,7 +547,7 @@ fn restore_tree(
     let mut prepared = Vec::new();
     for (k, l) in imgs.iter().enumerate() {
         let info = serde_json::json!({
-            "socket": socket.to_string_lossy(),
+            "socket": socket,
             "ckpt_dir": dir.to_string_lossy(),
             "generation": gen.number,
             "area_fd": area_fd,

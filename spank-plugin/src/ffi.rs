@@ -263,6 +263,10 @@ impl Spank {
     pub fn node_id(&self) -> Option<u32> {
         self.item_u32(sys::spank_item::S_JOB_NODEID)
     }
+    /// Nodes of this step (of the job, in the batch step: 1).
+    pub fn step_nnodes(&self) -> Option<u32> {
+        self.item_u32(sys::spank_item::S_JOB_NNODES)
+    }
     pub fn local_task_count(&self) -> Option<u32> {
         self.item_u32(sys::spank_item::S_JOB_LOCAL_TASK_COUNT)
     }

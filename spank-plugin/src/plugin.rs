@@ -42,7 +42,9 @@ struct StepCtx {
     job_id: u32,
     step_id: u32,
     dir: PathBuf,
-    socket: PathBuf,
+    /// What the tasks get as `CKPT_SOCKET`: the UNIX socket on the coordinator's node,
+    /// `tcp:HOST:PORT` on the other nodes of a job on several nodes.
+    address: String,
     restart_from: bool,
     batch: bool,
     agent_pid: Option<i32>,
@@ -96,11 +98,72 @@ fn set_step_ctx(job: Option<StepCtx>) {
     }
 }
 
-/// The address the job's processes use to reach the coordinator. Today a UNIX socket in the
-/// checkpoint directory (all of a job's processes on one node); the one place to change when
-/// the coordinator also listens on TCP.
+/// The coordinator's UNIX socket in the checkpoint directory (for the processes on the node
+/// where it runs). In a job on several nodes it also listens on TCP and writes
+/// `tcp:HOST:PORT` to `DIR/coordinator.addr` ([`tcp_address`]).
 pub fn coordinator_address(dir: &Path) -> PathBuf {
     dir.join("coordinator.sock")
+}
+
+/// How long a step on another node waits for the job's coordinator to listen on TCP.
+const TCP_WAIT: Duration = Duration::from_secs(30);
+
+/// This node's host name (the UTS name slurmd runs under).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The coordinator's TCP address from `DIR/coordinator.addr`, once it answers there:
+/// `Ok(None)` when the coordinator runs on this very node (the UNIX socket is used then).
+/// A file left by an earlier run of a requeued job is not trusted until a connection to it
+/// succeeds.
+fn tcp_address(dir: &Path, job_id: u32) -> Result<Option<String>, String> {
+    let file = dir.join("coordinator.addr");
+    let me = hostname();
+    let t0 = Instant::now();
+    let mut last = String::from("the file does not exist yet");
+    while t0.elapsed() < TCP_WAIT {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                let text = text.trim();
+                if let Some(addr) = text.strip_prefix("tcp:") {
+                    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+                    if !me.is_empty() && host == me {
+                        return Ok(None);
+                    }
+                    match tcp_answers(addr) {
+                        Ok(()) => return Ok(Some(text.to_string())),
+                        Err(e) => last = format!("{text}: {e}"),
+                    }
+                } else {
+                    last = format!("unexpected content {text:?}");
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!(
+        "job {job_id}: the job's coordinator did not answer on TCP within {} s ({}: {last}); \
+         is ckpt's coordinator node reachable from {me}? see {}",
+        TCP_WAIT.as_secs(),
+        file.display(),
+        dir.join("ckpt-slurm.log").display()
+    ))
+}
+
+fn tcp_answers(addr: &str) -> Result<(), String> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let mut last = "no address".to_string();
+    for a in addr.to_socket_addrs().map_err(|e| e.to_string())? {
+        match TcpStream::connect_timeout(&a, Duration::from_secs(2)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = format!("{a}: {e}"),
+        }
+    }
+    Err(last)
 }
 
 fn coordinator_answers(socket: &Path) -> bool {
@@ -283,6 +346,13 @@ pub fn user_init(sp: Spank, _args: &[String]) -> Result<(), String> {
     }
     let batch = step_id == ffi::SLURM_BATCH_SCRIPT;
     let node_id = sp.node_id().unwrap_or(0);
+    // A job on several nodes: its coordinator also listens on TCP, for the other nodes.
+    let job_nodes = sp
+        .getenv("SLURM_JOB_NUM_NODES")
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(sp.step_nnodes().unwrap_or(1));
+    let multi_node = job_nodes > 1;
     let owner = batch || (node_id == 0 && !coordinator_answers(&socket));
     let mut agent_pid = None;
     if owner {
@@ -298,10 +368,16 @@ pub fn user_init(sp: Spank, _args: &[String]) -> Result<(), String> {
             &groups,
             &home,
             &user,
+            multi_node,
             sp,
         )?;
         agent_pid = Some(pid);
     }
+    let address = match (owner, multi_node) {
+        (false, true) => tcp_address(&dir, job_id)?,
+        _ => None,
+    }
+    .unwrap_or_else(|| socket.to_string_lossy().into_owned());
     let step_name = if batch {
         "batch".to_string()
     } else {
@@ -318,8 +394,11 @@ pub fn user_init(sp: Spank, _args: &[String]) -> Result<(), String> {
                 ""
             },
             match agent_pid {
+                Some(p) if multi_node => format!(
+                    ", coordinator started (agent pid {p}), also on TCP for the job's {job_nodes} nodes"
+                ),
                 Some(p) => format!(", coordinator started (agent pid {p})"),
-                None => ", using the job's coordinator".into(),
+                None => format!(", using the job's coordinator at {address}"),
             }
         ),
     );
@@ -327,7 +406,7 @@ pub fn user_init(sp: Spank, _args: &[String]) -> Result<(), String> {
         job_id,
         step_id,
         dir,
-        socket,
+        address,
         restart_from: restart_from.is_some(),
         batch,
         agent_pid,
@@ -350,6 +429,7 @@ fn start_agent(
     groups: &[u32],
     home: &str,
     user: &str,
+    listen_tcp: bool,
     sp: Spank,
 ) -> Result<i32, String> {
     let log_path = dir.join("ckpt-slurm.log");
@@ -376,6 +456,11 @@ fn start_agent(
         .arg(&cfg.walltime_margin_text);
     if let Some(i) = interval {
         cmd.arg("--interval").arg(i);
+    }
+    if listen_tcp {
+        // Any port on every address of this node; the coordinator writes HOSTNAME:PORT to
+        // DIR/coordinator.addr for the other nodes.
+        cmd.arg("--listen").arg("tcp:0.0.0.0:0");
     }
     cmd.env_clear()
         .env(
@@ -463,7 +548,7 @@ pub fn task_init(sp: Spank, _args: &[String]) -> Result<(), String> {
     );
     sp.setenv("LD_PRELOAD", &preload.join(":"))?;
     sp.setenv("CKPT_DIR", &job.dir.to_string_lossy())?;
-    sp.setenv("CKPT_SOCKET", &job.socket.to_string_lossy())?;
+    sp.setenv("CKPT_SOCKET", &job.address)?;
     sp.setenv(
         "CKPT_BIN",
         &Path::new(&cfg.bin_dir).join("ckpt").to_string_lossy(),

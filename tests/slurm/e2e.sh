@@ -17,6 +17,9 @@
 #      restores both tasks by rank from the directory and they finish with PASS
 #   q. plain `scontrol requeue`: the runtime holds the SIGTERM, the job is checkpointed first,
 #      and the requeued job continues from that checkpoint (not from an older one or from zero)
+#   m. a 2-node srun step: the task on the second node reaches the coordinator over TCP; checkpointed,
+#      the job ends, srun --restart-from restores both ranks on swapped nodes, each from its own image
+#   u. another user cannot checkpoint the job (directory, TCP with its own secret) or signal it
 #   w. walltime: a job with --time=2 is checkpointed walltime_margin before its limit, requeued
 #      and restored (CKPT_E2E_WALLTIME=0 skips it)
 #   and after every job: no ckpt-coordinatord / ckpt-slurm agent outlives its job.
@@ -317,6 +320,77 @@ for r in 0 1; do
 done
 grep -v ': tick ' "$WORK/step2.out" | sed 's/^/#      step2: /' | head -10
 check "(d) no coordinator outlives the --restart-from job" no_leftovers "$JS"
+
+# --- (m) a step on two nodes: the other node reaches the coordinator over TCP; checkpoint; restore --
+# with the ranks on swapped nodes (rank 0 on node2, rank 1 on node1)
+MT=600
+as_user bash -c "exec srun -N2 -n2 --ntasks-per-node=1 --checkpoint-dmtcp -l $WORK/counter $MT >$WORK/multi1.out 2>&1" &
+BGPIDS+=($!); SRUNM=$!
+deadline=$((SECONDS + 60))
+until [[ $(grep -c ': tick 100$' "$WORK/multi1.out" 2>/dev/null) == 2 ]] || (( SECONDS > deadline )); do sleep 0.2; done
+JM=$(squeue -h -u "$TUSER" -o '%i %j' | awk '$2=="counter"{print $1}' | head -1); JOBS+=("$JM")
+MDIR=$INST/ckpt/$TUSER/$JM
+maddr=$(cat "$MDIR/coordinator.addr" 2>/dev/null)
+check "(m) the coordinator of the 2-node step (job $JM) also listens on TCP on ${NODES[0]} (${maddr:-no coordinator.addr})" \
+    grep -qx "tcp:${NODES[0]}:[0-9]*" "$MDIR/coordinator.addr"
+mport=${maddr##*:}
+# hosts of the joined processes, from the status JSON
+status_hosts() { as_user "$INST/bin/ckpt" status --ckpt-dir "$MDIR" --json 2>/dev/null |
+    python3 -c 'import json,sys; print(" ".join(sorted("%s@%s" % (p["info"].get("rank"), p["info"]["host"]) for p in json.load(sys.stdin)["processes"])))'; }
+# peer addresses of the coordinator's established TCP connections, seen in node1's namespace
+tcp_peers() { ip netns exec ckpt-n1 ss -Htn state established "( sport = :$mport )" | awk '{print $4}' | sed 's/:[0-9]*$//' | sort -u | tr '\n' ' '; }
+h=$(status_hosts)
+check "(m) both tasks joined the job's coordinator, one per node ($h)" test "$h" == "0@${NODES[0]} 1@${NODES[1]}"
+p=$(tcp_peers)
+check "(m) the task on ${NODES[1]} is connected over TCP from its own address (peers: ${p:-none})" \
+    grep -qw "${CKPT_SLURM_NET:-10.77.0}.12" <<<"$p"
+
+# (u) another user cannot reach the job's coordinator
+U2=ckpttest2 CREATED_U2=
+if ! getent passwd "$U2" >/dev/null; then useradd -M -U -s /bin/bash -d /nonexistent "$U2" && CREATED_U2=1; fi
+as_u2() { (cd /tmp && runuser -u "$U2" -- "$@"); }
+out=$(as_u2 "$INST/bin/ckpt" checkpoint --ckpt-dir "$MDIR" 2>&1); rc=$?
+info "other user, ckpt checkpoint: $(tr '\n' ' ' <<<"$out" | cut -c1-200)"
+check "(u) another user's ckpt checkpoint of the job is refused (exit $rc)" test "$rc" != 0
+U2DIR=$(as_u2 mktemp -d /tmp/ckpt-u2.XXXXXX)
+as_u2 bash -c "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > $U2DIR/coordinator.secret; chmod 600 $U2DIR/coordinator.secret"
+out=$(as_u2 env CKPT_COORD="$maddr" "$INST/bin/ckpt" checkpoint --ckpt-dir "$U2DIR" 2>&1); rc=$?
+info "other user over TCP with a guessed secret: $(tr '\n' ' ' <<<"$out" | cut -c1-200)"
+check "(u) ... and over TCP with a secret of its own it is refused by the coordinator (exit $rc)" test "$rc" != 0
+out=$(as_u2 kill -TERM "$(pgrep -u "$TUSER" -x counter | head -1)" 2>&1); rc=$?
+check "(u) ... and it cannot signal the job's processes (exit $rc)" test "$rc" != 0
+rm -rf -- "$U2DIR"
+if [[ -n $CREATED_U2 ]]; then userdel "$U2" 2>/dev/null || true; fi
+check "(u) the job has no new generation from it and still runs" bash -c "[[ ! -e $MDIR/gen-1 ]] && squeue -h -j $JM | grep -q ."
+
+out=$(as_user "$INST/bin/ckpt" checkpoint --ckpt-dir "$MDIR" --json 2>&1); rc=$?
+info "$(tr '\n' ' ' <<<"$out" | cut -c1-300)"
+check "(m) ckpt checkpoint of the 2-node step (exit $rc)" test "$rc" == 0
+scancel "$JM"; wait "$SRUNM" 2>/dev/null
+check "(m) no coordinator outlives job $JM" no_leftovers "$JM"
+info "first run ended at ticks rank0=$(grep -c '^0: tick' "$WORK/multi1.out") rank1=$(grep -c '^1: tick' "$WORK/multi1.out")"
+printf '%s\n%s\n' "${NODES[1]}" "${NODES[0]}" >"$WORK/swapped.hosts"; chown "$TUSER:" "$WORK/swapped.hosts"
+t=$(now)
+as_user bash -c "SLURM_HOSTFILE=$WORK/swapped.hosts timeout 180 srun -N2 -n2 -m arbitrary --restart-from=$MDIR -l $WORK/counter $MT >$WORK/multi2.out 2>&1" &
+BGPIDS+=($!); SRUNM2=$!
+deadline=$((SECONDS + 90))
+until [[ -n $(grep -h 'restored from' "$WORK/multi2.out" 2>/dev/null | sed -n 2p) ]] || (( SECONDS > deadline )); do sleep 0.2; done
+sleep 1
+maddr=$(cat "$MDIR/coordinator.addr" 2>/dev/null); mport=${maddr##*:}
+h=$(status_hosts) p=$(tcp_peers)
+info "after the restore: ranks@hosts $h; coordinator ${maddr:-?}; TCP peers ${p:-none}"
+check "(m) restored on swapped nodes, both tasks rejoined the coordinator ($h)" test "$h" == "0@${NODES[1]} 1@${NODES[0]}"
+check "(m) ... rank 0, now on ${NODES[1]}, over TCP (peers: ${p:-none})" grep -qw "${CKPT_SLURM_NET:-10.77.0}.12" <<<"$p"
+wait "$SRUNM2"; rc=$?
+figure "2-node srun --restart-from: restore + remaining ticks took $(since "$t") s"
+check "(m) srun --restart-from of the 2-node step finished (exit $rc)" test "$rc" == 0
+for r in 0 1; do
+    { grep "^$r: " "$WORK/multi1.out"; grep "^$r: \|restoring task $r " "$WORK/multi2.out" | sed "s/^\(ckpt: .*restoring task\)/$r: \1/"; } >"$WORK/mrank$r.out"
+    res=$(verify_restored "$WORK/mrank$r.out" "$MT" "$r: "); info "rank $r: $(tr '\n' ';' <<<"$res")"
+    check "(m) rank $r restored on the other node: first tick > 1, consecutive to $MT, PASS" quiet verify_restored "$WORK/mrank$r.out" "$MT" "$r: "
+done
+grep -v ': tick ' "$WORK/multi2.out" | sed 's/^/#      multi2: /' | head -10
+check "(m) no coordinator outlives the 2-node --restart-from job" no_leftovers "$JM"
 
 # --- (w) walltime: checkpoint walltime_margin before the limit, requeue, restore ------------------
 if [[ ${CKPT_E2E_WALLTIME:-1} == 1 ]]; then

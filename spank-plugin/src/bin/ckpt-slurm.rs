@@ -79,7 +79,7 @@ macro_rules! log {
 fn usage() -> ExitCode {
     eprintln!(
         "usage:\n  ckpt-slurm requeue JOBID [--ckpt-dir DIR] [--bin-dir DIR]   checkpoint the job, then requeue it\n  \
-         ckpt-slurm agent --ckpt-dir DIR --bin-dir DIR --job-id J [--keep K] [--interval D] [--poll D] [--walltime-margin D]\n                                                     (started by the SPANK plugin)"
+         ckpt-slurm agent --ckpt-dir DIR --bin-dir DIR --job-id J [--keep K] [--interval D] [--poll D] [--walltime-margin D] [--listen tcp:ADDR:PORT]\n                                                     (started by the SPANK plugin)"
     );
     ExitCode::from(2)
 }
@@ -288,6 +288,7 @@ fn agent(args: &[String]) -> ExitCode {
     };
     let keep = opt(args, "--keep").unwrap_or_else(|| "3".into());
     let interval = opt(args, "--interval");
+    let listen = opt(args, "--listen");
     let poll = opt(args, "--poll")
         .and_then(|p| parse_duration(&p).ok())
         .unwrap_or(Duration::from_secs(10))
@@ -301,6 +302,9 @@ fn agent(args: &[String]) -> ExitCode {
     cmd.arg("--ckpt-dir").arg(&dir).arg("--keep").arg(&keep);
     if let Some(i) = &interval {
         cmd.arg("--interval").arg(i);
+    }
+    if let Some(l) = &listen {
+        cmd.arg("--listen").arg(l);
     }
     cmd.stdin(Stdio::null()).env_remove("LD_PRELOAD");
     // SAFETY: die_with_parent only calls prctl, which is async-signal-safe.
