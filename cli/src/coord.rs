@@ -422,6 +422,8 @@ pub struct CoordOptions {
     pub keep: usize,
     /// `tcp:ADDR:PORT` to listen on besides the UNIX socket.
     pub listen: Option<String>,
+    /// One checkpoint at this Unix time (`--checkpoint-at`).
+    pub checkpoint_at: Option<u64>,
 }
 
 impl CoordOptions {
@@ -443,6 +445,7 @@ impl CoordOptions {
         }
         o.interval = v["interval_ms"].as_u64().map(Duration::from_millis);
         o.listen = v["listen"].as_str().map(str::to_string);
+        o.checkpoint_at = v["checkpoint_at"].as_u64();
         o
     }
 }
@@ -462,6 +465,7 @@ pub fn ensure_coordinator(
             interval,
             keep,
             listen: None,
+            checkpoint_at: None,
         },
     )
 }
@@ -517,6 +521,9 @@ fn start_coordinator(dir: &Path, opts: &CoordOptions) -> anyhow::Result<PathBuf>
     if let Some(l) = &opts.listen {
         cmd.arg("--listen").arg(l);
     }
+    if let Some(at) = opts.checkpoint_at {
+        cmd.arg("--checkpoint-at").arg(at.to_string());
+    }
     let out = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -541,6 +548,11 @@ fn start_coordinator(dir: &Path, opts: &CoordOptions) -> anyhow::Result<PathBuf>
         );
     }
     Ok(socket)
+}
+
+/// `--checkpoint-at`: Unix seconds, `@` Unix seconds, or `+DURATION` from now.
+pub fn parse_at(text: &str) -> Result<u64, String> {
+    ckpt_protocol::parse_at(text, parse_duration)
 }
 
 /// Parses a duration: plain seconds (`90`) or `<number><unit>` parts with units `ms`, `s`,

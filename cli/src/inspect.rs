@@ -118,6 +118,10 @@ pub fn collect(target: &Path, generation: Option<u64>) -> anyhow::Result<Inspect
     };
     let mut processes = Vec::new();
     for p in &manifest.processes {
+        if ckpt_image::is_reexec_file(&p.file) {
+            // a launcher re-executed at restart (srun): the manifest lists it; no image
+            continue;
+        }
         let path = g.path.join(&p.file);
         processes.push(
             image(&path).with_context(|| format!("process vpid {} ({})", p.vpid, p.program))?,

@@ -74,6 +74,10 @@ Example: ckpt launch --ckpt-dir ~/ckpt/sim --interval 30m -- ./simulate --steps 
         /// tcp:ADDR:PORT, port 0 = any; the address is written to DIR/coordinator.addr.
         #[arg(long, value_name = "tcp:ADDR:PORT")]
         listen: Option<String>,
+        /// Checkpoint once at TIME: Unix seconds (1795638431, @1795638431) or +DURATION from
+        /// now (+3h50m), e.g. shortly before a batch system's time limit.
+        #[arg(long, value_name = "TIME", value_parser = coord::parse_at)]
+        checkpoint_at: Option<u64>,
         /// The program and its arguments (put `--` before them).
         #[arg(
             value_name = "PROGRAM",
@@ -118,12 +122,16 @@ Example: ckpt restart ~/ckpt/sim")]
         #[arg(long, short = 'g', value_name = "N")]
         generation: Option<u64>,
         /// In a generation of several processes, restore the one of this rank (a task of
-        /// a job step: SLURM_PROCID).
+        /// a job step: SLURM_PROCID), with the processes it started.
         #[arg(long, value_name = "R", conflicts_with = "vpid")]
         rank: Option<i32>,
         /// In a generation of several processes, restore the one with this (virtual) pid.
         #[arg(long, value_name = "PID")]
         vpid: Option<i32>,
+        /// Only the processes of this job step (Slurm: "batch", "0", "1", ...; recorded from
+        /// CKPT_STEP, which the Slurm plugin sets).
+        #[arg(long, value_name = "STEP")]
+        step: Option<String>,
     },
     /// Show the running job: its coordinator, processes and checkpoints.
     #[command(
@@ -248,6 +256,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             interval,
             keep,
             listen,
+            checkpoint_at,
             program,
         } => launch(
             &coord::resolve_ckpt_dir(dir.ckpt_dir),
@@ -255,6 +264,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 interval,
                 keep: keep as usize,
                 listen,
+                checkpoint_at,
             },
             &program,
         ),
@@ -266,6 +276,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             generation,
             rank,
             vpid,
+            step,
         } => {
             let dir = coord::resolve_ckpt_dir(dir);
             let which = match (rank, vpid) {
@@ -273,7 +284,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 (_, Some(v)) => restart::Which::Vpid(v),
                 _ => restart::Which::Only,
             };
-            restart::run(&dir, generation, which)
+            restart::run(&dir, generation, which, step.as_deref())
         }
         Cmd::Status { dir, json } => status(&coord::resolve_ckpt_dir(dir.ckpt_dir), json),
         Cmd::List { dir, json } => list::run(&coord::resolve_ckpt_dir(dir.ckpt_dir), json),
@@ -453,7 +464,11 @@ fn print_status(st: &Status) {
             "next checkpoint: every {}, after the one in progress",
             fmt::secs(i)
         ),
+        (None, Some(n)) => println!("next checkpoint: in {}", fmt::secs(n)),
         _ => println!("next checkpoint: on request only (no --interval)"),
+    }
+    if let Some(at) = st.deadline_unix {
+        println!("deadline checkpoint: at {}", fmt::unix_time(at));
     }
 }
 

@@ -27,8 +27,15 @@ pub enum Which {
 }
 
 /// Restores generation `generation` (default: newest complete) of `dir` in this process.
-/// Returns only on error (on success the process image is replaced).
-pub fn run(dir: &Path, generation: Option<u64>, which: Which) -> anyhow::Result<()> {
+/// `step`: only the processes of that job step (Slurm: "batch", "0", ...). With a rank, the
+/// process of that rank *and its descendants* are restored (a task that forked). Returns
+/// only on error (on success the process image is replaced).
+pub fn run(
+    dir: &Path,
+    generation: Option<u64>,
+    which: Which,
+    step: Option<&str>,
+) -> anyhow::Result<()> {
     let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let cd = CkptDir::open(&dir)
         .with_context(|| format!("opening checkpoint directory {}", dir.display()))?;
@@ -79,20 +86,40 @@ pub fn run(dir: &Path, generation: Option<u64>, which: Which) -> anyhow::Result<
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let proc_ = match which {
-        Which::Only if manifest.processes.len() == 1 => &manifest.processes[0],
-        Which::Only => return restore_tree(&dir, &gen, manifest),
-        Which::Rank(r) => manifest
-            .processes
-            .iter()
-            .find(|p| p.rank == Some(r))
-            .with_context(|| {
-                format!(
-                    "generation {} has no process of rank {r} [{}]",
+    // The processes of the step asked for (every process when the images name no step).
+    let mut selected: Vec<&ckpt_image::ManifestProcess> = manifest.processes.iter().collect();
+    if let Some(s) = step {
+        if manifest.processes.iter().any(|p| p.step.is_some()) {
+            selected.retain(|p| p.step.as_deref() == Some(s));
+            if selected.is_empty() {
+                bail!(
+                    "generation {} has no process of job step {s} [{}]",
                     gen.number,
                     list()
-                )
-            })?,
+                );
+            }
+        }
+    }
+    let proc_ = match which {
+        Which::Only if selected.len() == 1 && !ckpt_image::is_reexec_file(&selected[0].file) => {
+            selected[0]
+        }
+        Which::Only => return restore_tree(&dir, &gen, manifest, &selected),
+        Which::Rank(r) => {
+            selected.retain(|p| p.rank == Some(r));
+            match selected.len() {
+                0 => bail!(
+                    "generation {} has no process of rank {r}{} [{}]",
+                    gen.number,
+                    step.map(|s| format!(" in job step {s}"))
+                        .unwrap_or_default(),
+                    list()
+                ),
+                1 if !ckpt_image::is_reexec_file(&selected[0].file) => selected[0],
+                // The task forked: restore its tree.
+                _ => return restore_tree(&dir, &gen, manifest, &selected),
+            }
+        }
         Which::Vpid(v) => manifest
             .processes
             .iter()
@@ -441,26 +468,78 @@ fn exec_restorer(plan_fd: RawFd) -> anyhow::Result<()> {
 const AREA_MAGIC: u32 = 0x434b_5052; // "RPKC"
 const AREA_HEADER: usize = 16; // magic u32, n u32, arrived u32 (futex), pad u32
 
-/// Restores every process of a generation as one process tree: this process becomes the
-/// root; the others are forked from their restored parents' places before each execs its
-/// restorer. Pipes between processes are created here, before forking, and inherited.
+/// One process of a tree to restore: from its image, or re-executed (a launcher such as
+/// srun, see `ckpt_image::reexec`).
+struct Node {
+    vpid: i32,
+    vppid: i32,
+    pgid: i32,
+    sid: i32,
+    program: String,
+    kind: NodeKind,
+}
+
+enum NodeKind {
+    /// Index into the loaded images.
+    Image(usize),
+    /// Executed again; the old job step whose tasks its new step restores, if known.
+    Reexec(Box<ckpt_image::ReexecSpec>, Option<String>),
+}
+
+/// Restores the processes `procs` of a generation as one process tree: this process becomes
+/// the root; the others are forked from their restored parents' places before each execs its
+/// restorer (or, for a re-executed launcher, its program again). Pipes between processes
+/// are created here, before forking, and inherited.
 fn restore_tree(
     dir: &Path,
     gen: &ckpt_image::GenerationInfo,
     manifest: &ckpt_image::Manifest,
+    procs: &[&ckpt_image::ManifestProcess],
 ) -> anyhow::Result<()> {
     let mut imgs = Vec::new();
-    for p in &manifest.processes {
-        imgs.push(Loaded::open(&gen.path.join(&p.file))?);
+    let mut nodes: Vec<Node> = Vec::new();
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    for p in procs {
+        let path = gen.path.join(&p.file);
+        if ckpt_image::is_reexec_file(&p.file) {
+            let s = ckpt_image::ReexecSpec::load(&path)?;
+            if s.uid != uid {
+                bail!(
+                    "{}: written by uid {}, but this restart runs as uid {uid}: a restart never changes user",
+                    path.display(),
+                    s.uid
+                );
+            }
+            nodes.push(Node {
+                vpid: s.vpid,
+                vppid: s.vppid,
+                pgid: 0,
+                sid: 0,
+                program: s.program.clone(),
+                kind: NodeKind::Reexec(Box::new(s), None),
+            });
+        } else {
+            let l = Loaded::open(&path)?;
+            nodes.push(Node {
+                vpid: l.meta.vpid,
+                vppid: l.meta.vppid,
+                pgid: l.meta.pgid,
+                sid: l.meta.sid,
+                program: l.meta.program.clone(),
+                kind: NodeKind::Image(imgs.len()),
+            });
+            imgs.push(l);
+        }
     }
-    let vpids: Vec<i32> = imgs.iter().map(|l| l.meta.vpid).collect();
-    let roots: Vec<usize> = (0..imgs.len())
-        .filter(|&i| !vpids.contains(&imgs[i].meta.vppid))
+    let vpids: Vec<i32> = nodes.iter().map(|n| n.vpid).collect();
+    let roots: Vec<usize> = (0..nodes.len())
+        .filter(|&i| !vpids.contains(&nodes[i].vppid))
         .collect();
     if roots.len() != 1 {
         let names: Vec<String> = roots
             .iter()
-            .map(|&i| format!("vpid {} ({})", imgs[i].meta.vpid, imgs[i].meta.program))
+            .map(|&i| format!("vpid {} ({})", nodes[i].vpid, nodes[i].program))
             .collect();
         bail!(
             "generation {} holds {} separate process trees [{}]; restore them one by one with --vpid (a process whose parent exited is its own tree)",
@@ -469,7 +548,42 @@ fn restore_tree(
             names.join(", ")
         );
     }
-    let root = roots[0];
+    let root_node = roots[0];
+    let NodeKind::Image(root) = nodes[root_node].kind else {
+        bail!(
+            "the root of the process tree, vpid {} ({}), is a launcher that is re-executed, not restored: nothing to restore",
+            nodes[root_node].vpid,
+            nodes[root_node].program
+        );
+    };
+    // Re-executed launchers (srun) start their job step again; its tasks are restored from
+    // the images of the step the launcher ran. Running launchers and the steps that still
+    // had processes at the checkpoint correspond one to one, in the order they started.
+    let mut old_steps: Vec<u64> = manifest
+        .processes
+        .iter()
+        .filter(|p| !procs.iter().any(|q| q.vpid == p.vpid))
+        .filter_map(|p| p.step.as_deref().and_then(|s| s.parse::<u64>().ok()))
+        .collect();
+    old_steps.sort_unstable();
+    old_steps.dedup();
+    let mut launchers: Vec<usize> = (0..nodes.len())
+        .filter(|&i| matches!(nodes[i].kind, NodeKind::Reexec(..)))
+        .collect();
+    launchers.sort_by_key(|&i| nodes[i].vpid);
+    if launchers.len() != old_steps.len() && !launchers.is_empty() {
+        eprintln!(
+            "ckpt: warning: {} launcher(s) to re-execute but {} job step(s) with images in generation {}: launchers are matched to steps in start order; a launcher without a step starts it from the beginning",
+            launchers.len(),
+            old_steps.len(),
+            gen.number
+        );
+    }
+    for (k, &i) in launchers.iter().enumerate() {
+        if let (Some(s), NodeKind::Reexec(_, slot)) = (old_steps.get(k), &mut nodes[i].kind) {
+            *slot = Some(s.to_string());
+        }
+    }
     if imgs.iter().any(|l| l.meta.host != imgs[root].meta.host) {
         bail!(
             "generation {} spans several hosts; multi-host restart is not supported yet",
@@ -508,12 +622,18 @@ fn restore_tree(
             }
         }
     }
-    // The shared area: pid map and the restart barrier.
-    let n = imgs.len();
+    // The shared area: pid map and the restart barrier (re-executed launchers do not take
+    // part in the barrier: they count as arrived).
+    let n = nodes.len();
     let area_len = AREA_HEADER + n * 8;
     let mut init = vec![0u8; area_len];
     init[0..4].copy_from_slice(&AREA_MAGIC.to_le_bytes());
     init[4..8].copy_from_slice(&(n as u32).to_le_bytes());
+    let reexecs = nodes
+        .iter()
+        .filter(|x| matches!(x.kind, NodeKind::Reexec(..)))
+        .count() as u32;
+    init[8..12].copy_from_slice(&reexecs.to_le_bytes());
     let area_fd = memfd("ckpt-restart-area", false, &init)?;
     // SAFETY: mapping our memfd shared; inherited by every forked process.
     let area = unsafe {
@@ -546,12 +666,16 @@ fn restore_tree(
         .collect();
     let mut prepared = Vec::new();
     for (k, l) in imgs.iter().enumerate() {
+        let node_index = nodes
+            .iter()
+            .position(|x| matches!(x.kind, NodeKind::Image(i) if i == k))
+            .unwrap_or(k);
         let info = serde_json::json!({
             "socket": socket,
             "ckpt_dir": dir.to_string_lossy(),
             "generation": gen.number,
             "area_fd": area_fd,
-            "area_index": k,
+            "area_index": node_index,
             "pipes": pipes_json,
             "sockets": socks_json,
         });
@@ -559,15 +683,15 @@ fn restore_tree(
     }
     // Fork the tree: each process forks its children (in the order they were born, vpid
     // order), then becomes its own restored self.
-    let mut me = root;
+    let mut me = root_node;
     let mut queue: Vec<usize> = Vec::new();
     loop {
-        record_in_area(area, me, imgs[me].meta.vpid);
-        set_group(&imgs, me, area, n);
+        record_in_area(area, me, nodes[me].vpid);
+        set_group(&nodes, me, area, n);
         let mut kids: Vec<usize> = (0..n)
-            .filter(|&i| imgs[i].meta.vppid == imgs[me].meta.vpid && i != me)
+            .filter(|&i| nodes[i].vppid == nodes[me].vpid && i != me)
             .collect();
-        kids.sort_by_key(|&i| imgs[i].meta.vpid);
+        kids.sort_by_key(|&i| nodes[i].vpid);
         queue.clear();
         let mut became_child = None;
         for c in kids {
@@ -587,6 +711,10 @@ fn restore_tree(
             None => break,
         }
     }
+    let me = match &nodes[me].kind {
+        NodeKind::Image(k) => *k,
+        NodeKind::Reexec(spec, step) => reexec(spec, step.as_deref(), gen.number),
+    };
     // Keep only what belongs to this process (and the shared pipes and area).
     for (k, p) in prepared.iter().enumerate() {
         if k != me {
@@ -622,12 +750,83 @@ fn real_in_area(area: *mut libc::c_void, n: usize, vpid: i32) -> Option<i32> {
     None
 }
 
+/// Executes a launcher again in this (forked) process, in place of restoring it: its
+/// program, arguments, start-up environment and directory, with stdin/stdout/stderr
+/// inherited. It keeps its vpid (`CKPT_VPID`) so that its restored parent still waits for
+/// it, and its new job step restores the tasks of `step` (`CKPT_RESTORE_STEP`). Never
+/// returns.
+fn reexec(spec: &ckpt_image::ReexecSpec, step: Option<&str>, generation: u64) -> ! {
+    let mut env: Vec<CString> = spec
+        .env
+        .iter()
+        .filter(|e| {
+            ![
+                "CKPT_VPID=",
+                "CKPT_RESTORE_STEP=",
+                "CKPT_RESTORE_GEN=",
+                "CKPT_RESTART=",
+            ]
+            .iter()
+            .any(|k| e.starts_with(k))
+        })
+        .filter_map(|e| CString::new(e.as_str()).ok())
+        .collect();
+    let extra = [
+        Some(format!("CKPT_VPID={}:{}", spec.vpid, spec.vppid)),
+        step.map(|s| format!("CKPT_RESTORE_STEP={s}")),
+        step.map(|_| format!("CKPT_RESTORE_GEN={generation}")),
+    ];
+    env.extend(
+        extra
+            .into_iter()
+            .flatten()
+            .filter_map(|e| CString::new(e).ok()),
+    );
+    let argv: Vec<CString> = spec
+        .argv
+        .iter()
+        .filter_map(|a| CString::new(a.as_str()).ok())
+        .collect();
+    let exe = CString::new(spec.exe.as_str()).unwrap_or_default();
+    let cwd = CString::new(spec.cwd.as_str()).unwrap_or_default();
+    let mut argp: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argp.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: in the forked child: close every descriptor above stdio (the other processes'
+    // objects, the area), change directory and exec with NUL-terminated arrays that live
+    // until execve.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        if libc::chdir(cwd.as_ptr()) != 0 {
+            eprintln!(
+                "ckpt: re-executing {} (vpid {}): cannot enter {}: {}; staying in the current directory",
+                spec.program,
+                spec.vpid,
+                spec.cwd,
+                std::io::Error::last_os_error()
+            );
+        }
+        libc::execve(exe.as_ptr(), argp.as_ptr(), envp.as_ptr());
+    }
+    eprintln!(
+        "ckpt: cannot re-execute {} (vpid {}) as {}: {}",
+        spec.program,
+        spec.vpid,
+        spec.exe,
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: ending the forked child without running the parent's exit handlers.
+    unsafe { libc::_exit(127) }
+}
+
 /// Sessions and process groups as they were (for processes other than the root, which
-/// stays in the group of the shell that runs `ckpt restart`).
-fn set_group(imgs: &[Loaded], me: usize, area: *mut libc::c_void, n: usize) {
-    let m = &imgs[me].meta;
-    let is_root = !imgs.iter().any(|o| o.meta.vpid == m.vppid);
-    if is_root {
+/// stays in the group of the shell that runs `ckpt restart`; re-executed launchers stay in
+/// their parent's).
+fn set_group(nodes: &[Node], me: usize, area: *mut libc::c_void, n: usize) {
+    let m = &nodes[me];
+    let is_root = !nodes.iter().any(|o| o.vpid == m.vppid);
+    if is_root || matches!(m.kind, NodeKind::Reexec(..)) {
         return;
     }
     if m.sid == m.vpid {

@@ -850,3 +850,51 @@ fn list_shows_generations_of_a_real_job() {
     let rows = lines.iter().filter(|l| any_row.is_match(l)).count();
     assert_eq!(gens.len(), rows, "{}", out.stdout);
 }
+
+/// `ckpt launch --checkpoint-at +3s`: the status shows the deadline; the coordinator takes
+/// exactly one checkpoint when it comes (trigger "deadline" in the journal), and the job
+/// runs on and can be restored from it.
+#[test]
+fn deadline_checkpoint_at_a_given_time() {
+    let sb = Sandbox::new("deadline");
+    let dir = sb.ckpt_dir();
+    let job = launch_counter(&sb, &dir, &["--checkpoint-at", "+3s"]);
+    let out = sb_ckpt(&sb, &dir, &["status", "--json"]);
+    assert!(out.success(), "{}", out.report());
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let at = v["deadline_unix"]
+        .as_u64()
+        .expect("deadline_unix in the status");
+    assert!(
+        at > now.saturating_sub(1) && at <= now + 3,
+        "{at} vs now {now}"
+    );
+    assert!(v["next_checkpoint_in"].as_f64().unwrap() <= 3.0, "{v:#}");
+    let text = sb_ckpt(&sb, &dir, &["status"]);
+    assert!(
+        text.stdout.contains("deadline checkpoint: at"),
+        "{}",
+        text.stdout
+    );
+    // the checkpoint comes by itself
+    let t0 = std::time::Instant::now();
+    while listed(&sb, &dir).is_empty() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "no checkpoint 60 s after the deadline"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    ticks_on(&job, 5);
+    let events = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
+    assert_eq!(events.matches("\"deadline\"").count(), 1, "{events}");
+    let v: serde_json::Value =
+        serde_json::from_str(&sb_ckpt(&sb, &dir, &["status", "--json"]).stdout).unwrap();
+    assert!(v["deadline_unix"].is_null(), "the deadline is spent: {v:#}");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(listed(&sb, &dir).len(), 1, "a deadline fires once");
+}

@@ -76,6 +76,16 @@ pub struct Args {
     /// 0 = any free port). The address chosen is written to DIR/coordinator.addr.
     #[arg(long, value_name = "tcp:ADDR:PORT", value_parser = parse_listen)]
     pub listen: Option<SocketAddr>,
+    /// Checkpoint the job once at TIME: Unix seconds (1795638431, @1795638431) or +DURATION
+    /// from now (+3h50m), e.g. shortly before a batch system's time limit. A checkpoint in
+    /// progress at that time is let finish first; the deadline one follows.
+    #[arg(long, value_name = "TIME", value_parser = parse_at)]
+    pub checkpoint_at: Option<u64>,
+}
+
+/// `--checkpoint-at`: Unix seconds, `@` Unix seconds, or `+DURATION` from now.
+pub fn parse_at(text: &str) -> Result<u64, String> {
+    ckpt_protocol::parse_at(text, parse_duration)
 }
 
 /// `tcp:ADDR:PORT` (ADDR a host name or an IP address, IPv6 in brackets).
@@ -386,6 +396,7 @@ fn start(args: &Args, p: &Paths) -> anyhow::Result<Started> {
         "keep": args.keep,
         "interval_ms": args.interval.map(|d| d.as_millis() as u64),
         "listen": args.listen.map(|a| format!("tcp:{a}")),
+        "checkpoint_at": args.checkpoint_at,
         "socket": p.socket,
     });
     if let Err(e) = write_atomically(&p.dir.join("coordinator.json"), &format!("{opts}\n")) {
@@ -442,7 +453,11 @@ fn run_server(
         socket: p.socket.to_string_lossy().into_owned(),
         addresses,
         job_id: var("SLURM_JOB_ID").or_else(|| var("PBS_JOBID")),
+        deadline_unix: args.checkpoint_at,
     };
+    if let Some(at) = args.checkpoint_at {
+        tracing::info!("a checkpoint is scheduled at {at} (Unix seconds)");
+    }
     let machine = Machine::new(cfg, Instant::now());
     serve(listeners, machine, store, journal, secret)
 }

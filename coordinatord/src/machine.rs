@@ -93,6 +93,9 @@ pub struct Config {
     pub addresses: Vec<String>,
     /// The batch job's id, when known.
     pub job_id: Option<String>,
+    /// One checkpoint at this time (Unix seconds): `--checkpoint-at`, e.g. ahead of a
+    /// batch system's time limit.
+    pub deadline_unix: Option<u64>,
 }
 
 impl Config {
@@ -108,6 +111,7 @@ impl Config {
             socket: "/ckpt/coordinator.sock".into(),
             addresses: vec!["unix:/ckpt/coordinator.sock".into()],
             job_id: None,
+            deadline_unix: None,
         }
     }
 }
@@ -116,6 +120,7 @@ impl Config {
 pub enum Trigger {
     Request,
     Interval,
+    Deadline,
 }
 
 impl Trigger {
@@ -123,6 +128,7 @@ impl Trigger {
         match self {
             Trigger::Request => "request",
             Trigger::Interval => "interval",
+            Trigger::Deadline => "deadline",
         }
     }
 }
@@ -169,6 +175,8 @@ pub struct Machine {
     ckpt: Option<Running>,
     last: Option<CheckpointSummary>,
     next_interval: Option<Instant>,
+    /// The pending deadline checkpoint: (when, Unix seconds).
+    deadline: Option<(Instant, u64)>,
     started: Instant,
     ever_joined: bool,
     idle_since: Instant,
@@ -194,12 +202,17 @@ fn unix_now() -> u64 {
 impl Machine {
     pub fn new(cfg: Config, now: Instant) -> Machine {
         let next_interval = cfg.interval.map(|i| now + i);
+        let deadline = cfg.deadline_unix.map(|at| {
+            let left = at.saturating_sub(unix_now());
+            (now + Duration::from_secs(left), at)
+        });
         Machine {
             cfg,
             members: BTreeMap::new(),
             ckpt: None,
             last: None,
             next_interval,
+            deadline,
             started: now,
             ever_joined: false,
             idle_since: now,
@@ -485,6 +498,21 @@ impl Machine {
                 }
             }
         }
+        if let Some((due, at)) = self.deadline {
+            // A checkpoint in progress at the deadline is let finish; the deadline one
+            // follows it (it then holds the newest state).
+            if now >= due && self.ckpt.is_none() && self.exit.is_none() {
+                self.deadline = None;
+                if self.members.is_empty() {
+                    tracing::warn!(
+                        "deadline {at} reached with no process connected: nothing to checkpoint"
+                    );
+                } else {
+                    tracing::info!("deadline {at} reached: checkpointing");
+                    self.start_checkpoint(now, env, Trigger::Deadline, None, false);
+                }
+            }
+        }
         if let Some(idle) = self.cfg.exit_when_idle {
             if self.members.is_empty() && self.ckpt.is_none() && self.exit.is_none() {
                 if self.ever_joined && now.duration_since(self.idle_since) >= idle {
@@ -508,8 +536,13 @@ impl Machine {
         let mut consider = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
         if let Some(c) = &self.ckpt {
             consider(c.deadline);
-        } else if let Some(n) = self.next_interval {
-            consider(n);
+        } else {
+            if let Some(n) = self.next_interval {
+                consider(n);
+            }
+            if let Some((d, _)) = self.deadline {
+                consider(d);
+            }
         }
         if let Some(idle) = self.cfg.exit_when_idle {
             if self.members.is_empty() {
@@ -548,10 +581,15 @@ impl Machine {
                 }
             })
             .collect();
-        let next_checkpoint_in = match (self.cfg.interval, self.next_interval, &self.ckpt) {
-            (Some(_), Some(due), None) => Some(due.saturating_duration_since(now).as_secs_f64()),
+        let next_interval = match (self.cfg.interval, self.next_interval, &self.ckpt) {
+            (Some(_), Some(due), None) => Some(due),
             _ => None,
         };
+        let next_checkpoint_in = [next_interval, self.deadline.map(|(d, _)| d)]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|due| due.saturating_duration_since(now).as_secs_f64());
         Status {
             coordinator_version: env!("CARGO_PKG_VERSION").to_string(),
             protocol_version: ckpt_protocol::PROTOCOL_VERSION,
@@ -564,6 +602,7 @@ impl Machine {
             last_checkpoint: self.last.clone(),
             next_checkpoint_in,
             interval_seconds: self.cfg.interval.map(|d| d.as_secs_f64()),
+            deadline_unix: self.deadline.map(|(_, at)| at),
             busy: self.ckpt.is_some(),
         }
     }
@@ -871,6 +910,7 @@ mod tests {
             restored_from: None,
             features: vec![],
             rank: None,
+            step: None,
         }
     }
 
@@ -1312,6 +1352,47 @@ mod tests {
         assert_eq!(env.committed.len(), 1);
         assert!(env.replies.is_empty());
         assert_eq!(m.next_wakeup(), Some(t1 + Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn deadline_triggers_once_after_a_running_checkpoint() {
+        let t0 = Instant::now();
+        let mut cfg = Config::for_tests();
+        cfg.deadline_unix = Some(unix_now() + 100);
+        let mut m = Machine::new(cfg, t0);
+        let mut env = Fake::default();
+        m.process_joined(t0, &mut env, 1, info(1));
+        env.take_sent();
+        let st = m.status(t0);
+        assert!(st.deadline_unix.is_some());
+        let left = st.next_checkpoint_in.unwrap();
+        assert!((99.0..=100.0).contains(&left), "{left}");
+        assert_eq!(m.next_wakeup(), Some(t0 + Duration::from_secs(100)));
+        m.tick(t0 + Duration::from_secs(99), &mut env);
+        assert!(!m.busy(), "not due yet");
+        // a requested checkpoint is running when the deadline comes: it is let finish
+        let t1 = t0 + Duration::from_secs(99);
+        m.start_checkpoint(t1, &mut env, Trigger::Request, None, false);
+        assert!(m.busy());
+        let t2 = t0 + Duration::from_secs(101);
+        m.tick(t2, &mut env);
+        run_phases(&mut m, &mut env, t2, 1, &[1]);
+        m.process_message(t2, &mut env, 1, written(1, 1));
+        assert_eq!(env.committed.len(), 1);
+        assert!(!m.busy());
+        // then the deadline checkpoint starts, once
+        m.tick(t2, &mut env);
+        assert!(m.busy(), "the deadline checkpoint follows the running one");
+        run_phases(&mut m, &mut env, t2, 2, &[1]);
+        m.process_message(t2, &mut env, 1, written(2, 1));
+        assert_eq!(env.committed.len(), 2);
+        assert!(m.status(t2).deadline_unix.is_none());
+        m.tick(t2 + Duration::from_secs(1000), &mut env);
+        assert!(!m.busy(), "a deadline fires once");
+        assert!(env
+            .events
+            .iter()
+            .any(|e| format!("{e:?}").contains("deadline")));
     }
 
     #[test]

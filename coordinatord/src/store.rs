@@ -94,6 +94,7 @@ impl GenerationStore for DirStore {
                 file: i.written.file.clone(),
                 bytes: i.written.bytes,
                 rank: i.info.rank,
+                step: i.info.step.clone(),
             })
             .collect();
         let m = Manifest::new(

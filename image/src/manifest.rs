@@ -48,6 +48,9 @@ pub struct ManifestProcess {
     /// The task's rank in its job step, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rank: Option<i32>,
+    /// The job step ("batch", "0", ...), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
 }
 
 /// Optional description of the batch job the processes belong to.

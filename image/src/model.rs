@@ -145,6 +145,11 @@ pub enum FdKind {
         offset: u64,
         dev: u64,
         ino: u64,
+        /// (size, xxh3 of the content) of a small file opened read-only: on restore, a file
+        /// replaced by an identical copy (the batch script Slurm writes again for a requeued
+        /// job, which bash reads through fd 255) is accepted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        content: Option<(u64, u64)>,
     },
     Directory {
         path: String,

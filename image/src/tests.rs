@@ -128,6 +128,7 @@ fn sample_meta() -> ProcessMeta {
                 offset: 12,
                 dev: 1,
                 ino: 2,
+                content: Some((5, 7)),
             },
         }],
         attrs: ProcAttrs {
@@ -905,6 +906,7 @@ fn write_gen(dir: &CkptDir, n: u64, vpids: &[i32]) -> Manifest {
             file,
             bytes,
             rank: None,
+            step: None,
         });
     }
     let m = Manifest::new(
@@ -936,6 +938,7 @@ fn manifest_json_shape() {
             file: "proc-1.img".into(),
             bytes: 10,
             rank: None,
+            step: None,
         }],
         None,
     );
@@ -1459,6 +1462,7 @@ fn incremental_image_and_retention() {
                 file: name.clone(),
                 bytes,
                 rank: None,
+                step: None,
             }],
             None,
         );

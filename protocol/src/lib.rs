@@ -73,6 +73,10 @@ pub struct ProcessInfo {
     /// matches a new task to its image by rank.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rank: Option<i32>,
+    /// The job step the process belongs to ("batch", "0", "1", ... under Slurm), when known:
+    /// a restart restores one step's processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,9 +113,13 @@ pub struct Status {
     pub addresses: Vec<String>,
     pub processes: Vec<ProcessStatus>,
     pub last_checkpoint: Option<CheckpointSummary>,
-    /// Seconds until the next interval checkpoint, when an interval is set.
+    /// Seconds until the next scheduled checkpoint (interval or deadline), if any.
     pub next_checkpoint_in: Option<f64>,
     pub interval_seconds: Option<f64>,
+    /// When the deadline checkpoint (`--checkpoint-at`) is due (Unix seconds), while it is
+    /// pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_unix: Option<u64>,
     /// A checkpoint is in progress.
     pub busy: bool,
 }
@@ -408,6 +416,30 @@ pub fn fuzz_handshake(data: &[u8]) {
             Step::Send(other) => panic!("unexpected server message {other:?}"),
         }
     }
+}
+
+/// A point in time given on a command line (`--checkpoint-at`): Unix seconds (`1795638431`,
+/// `@1795638431`) or `+DURATION` from now, with `parse_duration` for the duration part.
+pub fn parse_at(
+    text: &str,
+    parse_duration: impl Fn(&str) -> Result<std::time::Duration, String>,
+) -> Result<u64, String> {
+    let t = text.trim();
+    if let Some(d) = t.strip_prefix('+') {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        return parse_duration(d).map(|d| now + d.as_secs());
+    }
+    t.strip_prefix('@')
+        .unwrap_or(t)
+        .parse::<u64>()
+        .map_err(|_| {
+            format!(
+                "invalid time {text:?}: use Unix seconds (1795638431 or @1795638431) or +DURATION (+3h50m)"
+            )
+        })
 }
 
 #[cfg(test)]

@@ -75,11 +75,23 @@ fn state() -> &'static ProcState {
 }
 
 /// Called by the constructor (main thread, before `main`).
+/// `CKPT_VPID`: the vpid a re-executed launcher keeps (set by `ckpt restart` for it).
+pub static REEXEC_VPID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+pub static REEXEC_VPPID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
 pub fn start() {
     let pid = sys::getpid_real();
     vids::VPID.store(pid, Ordering::Relaxed);
+    let keep = REEXEC_VPID.load(Ordering::Relaxed);
+    if keep > 0 && config().reexec {
+        // A launcher re-executed by a restart: its parent knows it by its old pid.
+        vids::VPID.store(keep, Ordering::Relaxed);
+    }
     vids::REAL_PID.store(pid, Ordering::Relaxed);
     vids::VPPID.store(sys::getppid_real(), Ordering::Relaxed);
+    if keep > 0 && config().reexec {
+        vids::VPPID.store(REEXEC_VPPID.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
     vids::resolve_real();
 
     // SAFETY: zeroed sigaction, then filled; installs our handler for the checkpoint signal.
@@ -408,6 +420,7 @@ fn connect(socket: &str, restored_from: Option<u64>) -> Result<UnixStream, Strin
         restored_from,
         features: features(),
         rank: config().rank,
+        step: config().step.clone(),
     });
     // A coordinator that stalls the handshake must not hang the checkpoint thread.
     let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
@@ -556,6 +569,41 @@ fn serve(stream: &mut UnixStream) -> Outcome {
             }
         };
         match msg {
+            Message::Barrier {
+                generation,
+                phase,
+                dir,
+                hold: _,
+            } if config().reexec => {
+                // A launcher re-executed at restart (srun): it is not stopped; its part of
+                // the image is a description of how to start it again.
+                if !send(stream, &Message::BarrierReached { generation, phase }) {
+                    return Outcome::Closed;
+                }
+                if phase == Phase::Resume {
+                    let t0 = sys::monotonic_ns();
+                    let m = match write_reexec(generation, &dir) {
+                        Ok(bytes) => Message::Written(ImageWritten {
+                            generation,
+                            file: ckpt_image::reexec_file_name(vids::VPID.load(Ordering::Relaxed)),
+                            bytes,
+                            stopped_seconds: 0.0,
+                            write_seconds: (sys::monotonic_ns() - t0) as f64 / 1e9,
+                        }),
+                        Err(e) => Message::Failed {
+                            generation,
+                            error: format!(
+                                "process {} ({}): writing its re-exec description: {e}",
+                                vids::VPID.load(Ordering::Relaxed),
+                                state_program()
+                            ),
+                        },
+                    };
+                    if !send(stream, &m) {
+                        return Outcome::Closed;
+                    }
+                }
+            }
             Message::Barrier {
                 generation,
                 phase,
@@ -826,6 +874,42 @@ fn parked_threads() -> Vec<ThreadMeta> {
 }
 
 /// Writes `dir/proc-<vpid>.img` durably from the frozen snapshot process `snap`.
+/// The description of a re-executed launcher (see `ckpt_image::reexec`): its executable,
+/// arguments, start-up environment and working directory. Written while the job runs on
+/// (the launcher is never stopped), so ordinary allocation and file I/O are fine here.
+fn write_reexec(generation: u64, dir: &str) -> Result<u64, String> {
+    let exe = std::fs::read_link("/proc/self/exe")
+        .map_err(|e| format!("/proc/self/exe: {e}"))?
+        .to_string_lossy()
+        .into_owned();
+    let env: Vec<String> = std::fs::read("/proc/self/environ")
+        .map_err(|e| format!("/proc/self/environ: {e}"))?
+        .split(|b| *b == 0)
+        .filter(|e| !e.is_empty())
+        .map(|e| String::from_utf8_lossy(e).into_owned())
+        .collect();
+    let cwd = std::fs::read_link("/proc/self/cwd")
+        .map_err(|e| format!("/proc/self/cwd: {e}"))?
+        .to_string_lossy()
+        .into_owned();
+    let spec = ckpt_image::ReexecSpec {
+        format: ckpt_image::reexec::REEXEC_FORMAT.into(),
+        version: ckpt_image::reexec::REEXEC_VERSION,
+        vpid: vids::VPID.load(Ordering::Relaxed),
+        vppid: vids::VPPID.load(Ordering::Relaxed),
+        program: state_program(),
+        exe,
+        argv: config().argv.clone(),
+        env,
+        cwd,
+        // SAFETY: getuid has no preconditions.
+        uid: unsafe { libc::getuid() },
+        host: hostname(),
+        generation,
+    };
+    spec.write(Path::new(dir)).map_err(|e| e.to_string())
+}
+
 fn write_image(
     generation: u64,
     dir: &str,

@@ -165,6 +165,12 @@ fn classify(fd: i32, fl: i32, cloexec: bool, skip: &[i32]) -> Result<Option<FdMe
             offset: off.max(0) as u64,
             dev: st.st_dev,
             ino: st.st_ino,
+            content: if fl & libc::O_ACCMODE == libc::O_RDONLY && (st.st_size as u64) <= DIGEST_MAX
+            {
+                digest(fd, st.st_size as u64)
+            } else {
+                None
+            },
         }
     } else if fmt == libc::S_IFDIR && link.starts_with('/') {
         FdKind::Directory {
@@ -379,21 +385,73 @@ fn open_like(f: &FdMeta, path: &str) -> Result<i32, String> {
             std::io::Error::last_os_error()
         ));
     }
-    if let (FdKind::Regular { dev, ino, .. }, false) = (&f.kind, path.starts_with("/proc/")) {
+    if let (
+        FdKind::Regular {
+            dev, ino, content, ..
+        },
+        false,
+    ) = (&f.kind, path.starts_with("/proc/"))
+    {
         // SAFETY: fstat into a zeroed buffer.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
         unsafe { libc::fstat(nfd, &mut st) };
         if st.st_dev != *dev || st.st_ino != *ino {
-            // SAFETY: closing our own fd.
-            unsafe { libc::close(nfd) };
-            return Err(format!(
-                "fd {}: {} is not the same file as at checkpoint time (replaced?)",
-                f.fd, path
-            ));
+            let same_content =
+                content.is_some_and(|(size, h)| digest(nfd, st.st_size as u64) == Some((size, h)));
+            if !same_content {
+                // SAFETY: closing our own fd.
+                unsafe { libc::close(nfd) };
+                return Err(format!(
+                    "fd {}: {} is not the same file as at checkpoint time (replaced{}); put the original back or restart from a checkpoint taken with this file",
+                    f.fd,
+                    path,
+                    if content.is_some() {
+                        ", with other content"
+                    } else {
+                        "?"
+                    }
+                ));
+            }
+            crate::log::emit(
+                2,
+                &format!(
+                    "fd {}: {} was replaced by a file with the same content; using it",
+                    f.fd, path
+                ),
+            );
         }
     }
     Ok(nfd)
+}
+
+/// Read-only files up to this size get a content digest (see `FdKind::Regular::content`).
+const DIGEST_MAX: u64 = 1 << 20;
+
+/// (size, xxh3) of the first `size` bytes of `fd`, read with pread (the offset is kept);
+/// None when the file is larger than [`DIGEST_MAX`] or cannot be read whole.
+fn digest(fd: i32, size: u64) -> Option<(u64, u64)> {
+    if size > DIGEST_MAX {
+        return None;
+    }
+    let mut buf = vec![0u8; size as usize];
+    let mut got = 0usize;
+    while got < buf.len() {
+        // SAFETY: pread into the unfilled tail of our own buffer.
+        let n = unsafe {
+            libc::pread(
+                fd,
+                buf[got..].as_mut_ptr() as *mut libc::c_void,
+                buf.len() - got,
+                got as libc::off_t,
+            )
+        };
+        if n <= 0 {
+            return None;
+        }
+        got += n as usize;
+    }
+    Some((size, ckpt_image::incremental::page_hash(&buf)))
 }
 
 #[cfg(test)]
@@ -437,6 +495,57 @@ mod tests {
         assert!(fl & libc::O_APPEND != 0);
         // SAFETY: closing the fd restore opened.
         unsafe { libc::close(fd) };
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A read-only file replaced by an identical copy (as Slurm writes a requeued job's
+    /// batch script again) is accepted; one with other content is refused by name.
+    #[test]
+    fn replaced_file_accepted_only_with_the_same_content() {
+        let dir = std::env::temp_dir().join(format!("ckpt-files-digest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("script.sh");
+        std::fs::write(&path, b"#!/bin/bash\necho one\necho two\n").unwrap();
+        let mut f = std::fs::File::open(&path).unwrap();
+        f.seek(SeekFrom::Start(12)).unwrap();
+        let fd = f.as_raw_fd();
+        let me = describe(fd).unwrap().expect("fd open");
+        assert!(
+            matches!(
+                me.kind,
+                FdKind::Regular {
+                    content: Some((30, _)),
+                    ..
+                }
+            ),
+            "{:?}",
+            me.kind
+        );
+        drop(f);
+        // Replacements are written beside and renamed over the file, so that each is a new
+        // inode while the old one still exists (a removed inode number may be reused).
+        let mut n = 0;
+        let mut replace = |bytes: &[u8]| {
+            n += 1;
+            std::fs::hard_link(&path, dir.join(format!("old{n}"))).unwrap();
+            let tmp = dir.join("script.sh.new");
+            std::fs::write(&tmp, bytes).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+        };
+        // replaced (new inode), same bytes: accepted, offset kept
+        replace(b"#!/bin/bash\necho one\necho two\n");
+        restore(std::slice::from_ref(&me), &[], &[], &[]).unwrap();
+        // SAFETY: querying the restored fd.
+        assert_eq!(unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) }, 12);
+        // SAFETY: closing the fd restore opened.
+        unsafe { libc::close(fd) };
+        // replaced with other content: refused, naming the file
+        replace(b"#!/bin/bash\necho ONE\necho two\n");
+        let e = restore(std::slice::from_ref(&me), &[], &[], &[]).unwrap_err();
+        assert!(
+            e.contains("script.sh") && e.contains("other content"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -51,7 +51,16 @@ pub struct Config {
     pub argv: Vec<String>,
     /// The task's rank in its job step (from the launcher's environment), if any.
     pub rank: Option<i32>,
+    /// The job step (`CKPT_STEP`, set by the Slurm plugin: "batch", "0", ...), if any.
+    pub step: Option<String>,
+    /// This process is a launcher that is re-executed at restart instead of restored
+    /// (`srun`: its connections to the Slurm daemons cannot be restored; its tasks are).
+    pub reexec: bool,
 }
+
+/// Programs re-executed at restart instead of restored, unless `CKPT_REEXEC` lists others
+/// (names separated by `:`; empty = none).
+const DEFAULT_REEXEC: &str = "srun";
 
 pub static mut CONFIG: Option<Config> = None;
 static CKPT_TID: AtomicI32 = AtomicI32::new(0);
@@ -84,6 +93,10 @@ extern "C" fn ctor(argc: i32, argv: *const *const c_char, envp: *const *const c_
     let mut rank = None;
     let mut restart = false;
     let mut ckpt_bin = None;
+    let mut step = None;
+    let mut restore_step = None;
+    let mut restore_gen = None;
+    let mut reexec_list = DEFAULT_REEXEC.to_string();
     let mut i = 0;
     while !envp.is_null() {
         // SAFETY: envp is the NUL-terminated array the loader passes to constructors.
@@ -107,6 +120,22 @@ extern "C" fn ctor(argc: i32, argv: *const *const c_char, envp: *const *const c_
             HOLD_TERM.store(!v.is_empty() && v != "0", Ordering::Relaxed);
         } else if let Some(v) = s.strip_prefix("CKPT_BIN=") {
             ckpt_bin = Some(v.to_string());
+        } else if let Some(v) = s.strip_prefix("CKPT_STEP=") {
+            step = Some(v.to_string()).filter(|v| !v.is_empty());
+        } else if let Some(v) = s.strip_prefix("CKPT_RESTORE_STEP=") {
+            restore_step = Some(v.to_string()).filter(|v| !v.is_empty());
+        } else if let Some(v) = s.strip_prefix("CKPT_RESTORE_GEN=") {
+            restore_gen = v.parse::<u64>().ok();
+        } else if let Some(v) = s.strip_prefix("CKPT_VPID=") {
+            // VPID:VPPID of a launcher re-executed by a restart
+            if let Some((a, b)) = v.split_once(':') {
+                if let (Ok(a), Ok(b)) = (a.parse::<i32>(), b.parse::<i32>()) {
+                    agent::REEXEC_VPID.store(a, Ordering::Relaxed);
+                    agent::REEXEC_VPPID.store(b, Ordering::Relaxed);
+                }
+            }
+        } else if let Some(v) = s.strip_prefix("CKPT_REEXEC=") {
+            reexec_list = v.to_string();
         } else if let Some(r) = [
             "SLURM_PROCID=",
             "PMIX_RANK=",
@@ -122,6 +151,7 @@ extern "C" fn ctor(argc: i32, argv: *const *const c_char, envp: *const *const c_
     }
     let Some(socket) = socket else { return };
     // Our own tools never run under checkpoint control.
+    let mut exe_name = String::new();
     if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
         let name = exe
             .file_name()
@@ -130,7 +160,9 @@ extern "C" fn ctor(argc: i32, argv: *const *const c_char, envp: *const *const c_
         if name == "ckpt" || name == "ckpt-coordinatord" || name == "ckpt-restore" {
             return;
         }
+        exe_name = name;
     }
+    let reexec = !exe_name.is_empty() && reexec_list.split(':').any(|n| n == exe_name);
     let mut args = Vec::new();
     for k in 0..argc.max(0) as usize {
         // SAFETY: argv has argc NUL-terminated entries.
@@ -141,10 +173,17 @@ extern "C" fn ctor(argc: i32, argv: *const *const c_char, envp: *const *const c_
         // SAFETY: as above.
         args.push(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned());
     }
-    if restart {
-        // A task started to be restored (e.g. by the Slurm plugin on a requeued job): become
-        // the restored process before `main` runs, keeping this pid.
-        restart_in_place(ckpt_bin.as_deref(), &dir, rank);
+    if (restart || restore_step.is_some()) && !reexec {
+        // A task started to be restored (e.g. by the Slurm plugin on a requeued job, or a
+        // task of a step that a re-executed srun launched again): become the restored
+        // process before `main` runs, keeping this pid.
+        restart_in_place(
+            ckpt_bin.as_deref(),
+            &dir,
+            rank,
+            restore_step.as_deref(),
+            restore_gen,
+        );
     }
     // SAFETY: single-threaded at constructor time.
     unsafe {
@@ -153,6 +192,8 @@ extern "C" fn ctor(argc: i32, argv: *const *const c_char, envp: *const *const c_
             ckpt_dir: dir,
             argv: args,
             rank,
+            step,
+            reexec,
         })
     };
     if !(1..=64).contains(&sig) || sig == libc::SIGKILL || sig == libc::SIGSTOP {
@@ -162,8 +203,15 @@ extern "C" fn ctor(argc: i32, argv: *const *const c_char, envp: *const *const c_
     agent::start();
 }
 
-/// Execs `ckpt restart DIR [--rank R]` in place of the program (never returns).
-fn restart_in_place(bin: Option<&str>, dir: &str, rank: Option<i32>) -> ! {
+/// Execs `ckpt restart DIR [--rank R] [--step S] [--generation G]` in place of the program
+/// (never returns).
+fn restart_in_place(
+    bin: Option<&str>,
+    dir: &str,
+    rank: Option<i32>,
+    step: Option<&str>,
+    generation: Option<u64>,
+) -> ! {
     use std::os::unix::process::CommandExt;
     let bin = bin.unwrap_or("ckpt");
     let mut cmd = std::process::Command::new(bin);
@@ -171,7 +219,16 @@ fn restart_in_place(bin: Option<&str>, dir: &str, rank: Option<i32>) -> ! {
     if let Some(r) = rank {
         cmd.arg("--rank").arg(r.to_string());
     }
-    cmd.env_remove("CKPT_RESTART").env_remove("LD_PRELOAD");
+    if let Some(s) = step {
+        cmd.arg("--step").arg(s);
+    }
+    if let Some(g) = generation {
+        cmd.arg("--generation").arg(g.to_string());
+    }
+    cmd.env_remove("CKPT_RESTART")
+        .env_remove("CKPT_RESTORE_STEP")
+        .env_remove("CKPT_RESTORE_GEN")
+        .env_remove("LD_PRELOAD");
     let e = cmd.exec();
     log::emit(
         1,

@@ -556,7 +556,32 @@ pub fn task_init(sp: Spank, _args: &[String]) -> Result<(), String> {
     sp.setenv("CKPT_LOG", &cfg.log_level)?;
     // A SIGTERM (scontrol requeue, scancel, the end of GraceTime) first checkpoints the job.
     sp.setenv("CKPT_HOLD_SIGTERM", "1")?;
+    // The step the processes belong to: a restart restores one step's processes.
+    let step_name = if job.batch {
+        "batch".to_string()
+    } else {
+        job.step_id.to_string()
+    };
+    sp.setenv("CKPT_STEP", &step_name)?;
     let rank = sp.task_global_id().unwrap_or(0);
+    // A step launched by an srun that a restart re-executed: its tasks are restored from
+    // the images of the step that srun had launched (the runtime does it, from
+    // CKPT_RESTORE_STEP, which srun passes on in its environment).
+    if let Some(old) = sp.getenv("CKPT_RESTORE_STEP").filter(|s| !s.is_empty()) {
+        if !job.batch && !job.restart_from {
+            say(&format!(
+                "ckpt: job {} step {}: restoring task {rank} of step {old} from generation {} of {}",
+                job.job_id,
+                job.step_id,
+                sp.getenv("CKPT_RESTORE_GEN").unwrap_or_else(|| "?".into()),
+                job.dir.display()
+            ));
+            sp.unsetenv("CKPT_RESTART");
+            return Ok(());
+        }
+        sp.unsetenv("CKPT_RESTORE_STEP");
+        sp.unsetenv("CKPT_RESTORE_GEN");
+    }
     let restore = if job.restart_from {
         match newest_complete(&job.dir)? {
             Some((g, _)) => {
@@ -615,6 +640,10 @@ pub fn task_init(sp: Spank, _args: &[String]) -> Result<(), String> {
     };
     if restore {
         sp.setenv("CKPT_RESTART", "1")?;
+        if job.batch {
+            // the batch script's processes, not the tasks of its steps
+            sp.setenv("CKPT_RESTORE_STEP", "batch")?;
+        }
     } else {
         sp.unsetenv("CKPT_RESTART");
     }

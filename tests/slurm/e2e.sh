@@ -20,6 +20,9 @@
 #   m. a 2-node srun step: the task on the second node reaches the coordinator over TCP; checkpointed,
 #      the job ends, srun --restart-from restores both ranks on swapped nodes, each from its own image
 #   u. another user cannot checkpoint the job (directory, TCP with its own secret) or signal it
+#   s. a batch script running two srun steps, requeued (ckpt-slurm requeue) during the second: the script
+#      is restored (not rerun), srun is executed again and its new step restores the old step's tasks
+#      by rank; the first step is not rerun; the script goes on with srun's status
 #   w. walltime: a job with --time=2 is checkpointed walltime_margin before its limit, requeued
 #      and restored (CKPT_E2E_WALLTIME=0 skips it)
 #   and after every job: no ckpt-coordinatord / ckpt-slurm agent outlives its job.
@@ -431,3 +434,39 @@ check "(r) requeued job completed ($st, Restarts=$(jobfield "$JR" Restarts))" te
 res=$(verify_restored "$WORK/rq-$JR.out" "$RT" ""); info "$(tr '\n' ';' <<<"$res")"
 check "(r) restored from the requeue checkpoint, consecutive to $RT, PASS" quiet verify_restored "$WORK/rq-$JR.out" "$RT" ""
 check "(r) no coordinator outlives job $JR" no_leftovers "$JR"
+
+# --- (s) a batch script running srun steps: requeued during its second step, it goes on from there --
+# The script is restored (not rerun); the srun of the running step is executed again and its new
+# step's tasks are restored from the old step's images, by rank; the finished first step is not rerun.
+ST=900
+cat >"$WORK/steps.sh" <<EOF
+#!/bin/bash
+echo "run restart=\${SLURM_RESTART_COUNT:-0}"
+srun -n1 $WORK/counter 30
+echo "step A done"
+srun -n2 -l $WORK/counter $ST
+echo "step B done rc=\$?"
+EOF
+chmod 755 "$WORK/steps.sh"
+out=$(as_user sbatch --checkpoint-dmtcp -N1 -n2 --open-mode=append -o steps-%j.out "$WORK/steps.sh" 2>&1)
+JB=$(submitted "$out"); JOBS+=("$JB")
+SOUT=$WORK/steps-$JB.out
+deadline=$((SECONDS + 90))
+until [[ $(grep -c ': tick 100$' "$SOUT" 2>/dev/null) == 2 ]] || (( SECONDS > deadline )); do sleep 0.2; done
+check "(s) batch job $JB with two srun steps is in its second step" grep -q '^step A done$' "$SOUT"
+out=$(as_user "$INST/bin/ckpt-slurm" requeue "$JB" 2>&1); rc=$?
+info "ckpt-slurm requeue said: $(tr '\n' ' ' <<<"$out")"
+check "(s) ckpt-slurm requeue $JB during step B (exit $rc)" test "$rc" == 0
+st=$(wait_done "$JB" 240)
+check "(s) requeued job completed ($st, Restarts=$(jobfield "$JB" Restarts))" test "$st" == COMPLETED -a "$(jobfield "$JB" Restarts)" == 1
+check "(s) the script was restored, not rerun: one 'run restart=' line" test "$(grep -c '^run restart=' "$SOUT")" == 1
+check "(s) step A ran once (one 'tick 1', one 'step A done')" \
+    test "$(grep -c '^tick 1$' "$SOUT")" == 1 -a "$(grep -c '^step A done$' "$SOUT")" == 1
+for r in 0 1; do
+    res=$(verify_restored "$SOUT" "$ST" "$r: "); info "step B rank $r: $(tr '\n' ';' <<<"$res")"
+    check "(s) step B rank $r restored from its own image in a new step: first tick > 1, consecutive to $ST, PASS" \
+        quiet verify_restored "$SOUT" "$ST" "$r: "
+done
+check "(s) the script went on after step B with srun's status 0" grep -q '^step B done rc=0$' "$SOUT"
+grep -v ': tick \|^tick ' "$SOUT" | sed 's/^/#      steps: /' | head -30
+check "(s) no coordinator outlives job $JB" no_leftovers "$JB"

@@ -85,3 +85,82 @@ fn tree_programs_self_check() {
         );
     }
 }
+
+/// A launcher (a program named in CKPT_REEXEC; `srun` by default) is not restored but
+/// executed again at restart, in its place in the tree: it starts from the beginning with
+/// its arguments and environment, keeps its pid (the restored shell still waits for it and
+/// gets its exit status), and the shell is not rerun (what it did before is not repeated).
+#[test]
+fn launcher_is_reexecuted_in_place() {
+    use std::ffi::OsString;
+    let t = std::time::Duration::from_secs(120);
+    let sb = Sandbox::new("reexec");
+    let counter = programs().path("counter");
+    let script = format!("echo start; {} 150; echo rc=$?", counter.display());
+    let a: Vec<OsString> = vec![
+        "launch".into(),
+        "--ckpt-dir".into(),
+        sb.ckpt_dir().into(),
+        "--".into(),
+        "/bin/bash".into(),
+        "-c".into(),
+        script.into(),
+    ];
+    let mut cmd = sb.ckpt(&a);
+    cmd.env("CKPT_REEXEC", "counter");
+    let mut job = Job::spawn("launch bash -c counter", cmd);
+    job.wait_tick(20, t).unwrap();
+    let vpid = |j: &Job| {
+        j.stdout_lines().iter().find_map(|l| {
+            l.strip_prefix("counter pid ")
+                .and_then(|r| r.split_whitespace().next().map(str::to_string))
+        })
+    };
+    let before = vpid(&job).expect("counter printed its pid");
+    let out = sb.checkpoint(true);
+    assert!(out.success(), "{}", out.report());
+    let _ = job.wait_exit(t);
+    let gen = generations(&sb.ckpt_dir()).pop().expect("a generation");
+    let files: Vec<String> = std::fs::read_dir(&gen)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        files.iter().any(|f| f == &format!("reexec-{before}.json")),
+        "the launcher left a description, not an image: {files:?}"
+    );
+    for round in 1..=2 {
+        let mut r = sb.restart(&format!("reexec {round}"));
+        let st = r.wait_exit(t).unwrap();
+        let lines = r.stdout_lines();
+        assert!(
+            st.success(),
+            "restart {round}: {}\n{}",
+            r.exit_description(),
+            r.transcript(40)
+        );
+        assert_eq!(
+            vpid(&r).as_deref(),
+            Some(before.as_str()),
+            "the launcher keeps its pid: {lines:?}"
+        );
+        assert!(
+            !lines.iter().any(|l| l == "start"),
+            "the shell was rerun: {lines:?}"
+        );
+        assert_eq!(
+            r.ticks().first(),
+            Some(&1),
+            "executed again from the start: {lines:?}"
+        );
+        assert_eq!(r.max_tick(), Some(150));
+        let tail: Vec<&str> = lines.iter().rev().take(2).map(String::as_str).collect();
+        assert_eq!(
+            tail,
+            ["rc=0", "PASS"],
+            "the restored shell got the launcher's status: {lines:?}"
+        );
+        assert!(r.first_fail().is_none(), "{:?}", r.first_fail());
+    }
+}

@@ -265,6 +265,7 @@ fn bench(args: &Args, n: usize) -> String {
             restored_from: None,
             features: vec![],
             rank: Some(i as i32),
+            step: None,
         };
         client_handshake(&mut s, Role::Process(info), &secret).expect("handshake");
         sims.push(Sim {

@@ -205,6 +205,7 @@ impl FakeProcess {
             restored_from: None,
             features: vec!["snapshot=test".into()],
             rank: None,
+            step: None,
         };
         let secret = job_secret(dir);
         client_handshake(&mut s, Role::Process(info), &secret).expect("join the job");
@@ -300,6 +301,7 @@ pub fn meta(vpid: i32, generation: u64) -> ProcessMeta {
                 offset: 42,
                 dev: 1,
                 ino: 2,
+                content: None,
             },
         }],
         attrs: ProcAttrs {
