@@ -5,6 +5,7 @@ pub mod coord;
 pub mod fmt;
 pub mod inspect;
 pub mod list;
+pub mod rendezvous;
 pub mod restart;
 
 use anyhow::{bail, Context};

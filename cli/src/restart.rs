@@ -141,7 +141,7 @@ pub fn run(
         "generation": gen.number,
     });
     let shared = shared_objects(&[&img])?;
-    let socks = connected_sockets(&[&img])?;
+    let socks = connected_sockets(&[&img], &dir, gen.number, &socket)?;
     let mut info = info;
     info["sockets"] = serde_json::json!(socks
         .iter()
@@ -213,8 +213,16 @@ fn unhex(s: &str) -> Vec<u8> {
 /// A new connected pair for every connected socket of the generation: a socketpair for
 /// UNIX sockets, a new loopback TCP connection for TCP ones. The bytes that were waiting in
 /// each end's receive queue are sent from the other end, so they wait there again.
+/// A TCP connection whose other end is not among `imgs` (a process restored by another
+/// `ckpt restart`, maybe on another host) is re-established through the coordinator's
+/// rendezvous (see `rendezvous.rs`).
 /// Returns (socket inode at checkpoint, fd) for every end.
-fn connected_sockets(imgs: &[&Loaded]) -> anyhow::Result<Vec<(u64, RawFd)>> {
+fn connected_sockets(
+    imgs: &[&Loaded],
+    dir: &Path,
+    generation: u64,
+    coordinator: &str,
+) -> anyhow::Result<Vec<(u64, RawFd)>> {
     struct End {
         inode: u64,
         domain: i32,
@@ -268,8 +276,25 @@ fn connected_sockets(imgs: &[&Loaded]) -> anyhow::Result<Vec<(u64, RawFd)>> {
                 }
         });
         let Some(j) = j else {
+            if e.domain == libc::AF_INET || e.domain == libc::AF_INET6 {
+                let (local, remote) = (unhex(&e.local), unhex(&e.remote));
+                let s = crate::rendezvous::reconnect(
+                    dir,
+                    coordinator,
+                    generation,
+                    &crate::rendezvous::RemoteEnd {
+                        local: &local,
+                        remote: &remote,
+                        rx: &e.rx,
+                    },
+                )?;
+                // SAFETY: moving our new socket high, without close-on-exec.
+                let fd = unsafe { high(std::fs::File::from_raw_fd(s.into_raw_fd()))? };
+                out.push((e.inode, fd));
+                continue;
+            }
             bail!(
-                "socket:[{}] was connected to a socket that is not in this checkpoint",
+                "socket:[{}] was connected to a UNIX socket of a process that is not restored with this one; restore them together (one ckpt restart of their process tree)",
                 e.inode
             );
         };
@@ -659,7 +684,7 @@ fn restore_tree(
         .collect();
     let refs: Vec<&Loaded> = imgs.iter().collect();
     let shared_mem = shared_objects(&refs)?;
-    let socks = connected_sockets(&refs)?;
+    let socks = connected_sockets(&refs, dir, gen.number, &socket)?;
     let socks_json: Vec<serde_json::Value> = socks
         .iter()
         .map(|(i, fd)| serde_json::json!({"inode": i, "fd": fd}))

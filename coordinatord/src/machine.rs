@@ -36,6 +36,10 @@ struct Term {
 /// Identifies one process connection.
 pub type ConnId = u64;
 /// Identifies one pending control request.
+/// Rendezvous entries kept at most (a restart of a very large job publishes one per
+/// connection between separately restored processes).
+const MAX_RENDEZVOUS: usize = 1 << 20;
+
 pub type CtlId = u64;
 
 /// The phases in the order the coordinator runs them.
@@ -177,6 +181,10 @@ pub struct Machine {
     next_interval: Option<Instant>,
     /// The pending deadline checkpoint: (when, Unix seconds).
     deadline: Option<(Instant, u64)>,
+    /// Rendezvous of restarting processes: connection key -> new address.
+    rendezvous: BTreeMap<String, String>,
+    /// Lookups waiting for their key to be published: (control, key, give up at).
+    lookups: Vec<(CtlId, String, Instant)>,
     started: Instant,
     ever_joined: bool,
     idle_since: Instant,
@@ -213,6 +221,8 @@ impl Machine {
             last: None,
             next_interval,
             deadline,
+            rendezvous: BTreeMap::new(),
+            lookups: Vec::new(),
             started: now,
             ever_joined: false,
             idle_since: now,
@@ -400,6 +410,9 @@ impl Machine {
     /// A control request. Every request gets exactly one reply through [`Env::reply`]
     /// (a checkpoint request: when its checkpoint ends).
     pub fn control(&mut self, now: Instant, env: &mut dyn Env, ctl: CtlId, msg: Message) {
+        // A command (a restart probing for its coordinator, a status) is activity: an idle
+        // coordinator must not exit under a restart that is about to use it.
+        self.idle_since = now;
         match msg {
             Message::Checkpoint { kill } => {
                 self.start_checkpoint(now, env, Trigger::Request, Some(ctl), kill)
@@ -422,6 +435,45 @@ impl Machine {
                     "shutdown requested".into()
                 });
             }
+            Message::RendezvousPublish { key, addr } => {
+                tracing::debug!("rendezvous {key} at {addr}");
+                let mut i = 0;
+                while i < self.lookups.len() {
+                    if self.lookups[i].1 == key {
+                        let (waiter, _, _) = self.lookups.swap_remove(i);
+                        env.reply(
+                            waiter,
+                            Message::RendezvousFound {
+                                key: key.clone(),
+                                addr: addr.clone(),
+                            },
+                        );
+                    } else {
+                        i += 1;
+                    }
+                }
+                if self.rendezvous.len() >= MAX_RENDEZVOUS {
+                    // keys carry their generation: the oldest entries are the stalest
+                    if let Some(k) = self.rendezvous.keys().next().cloned() {
+                        self.rendezvous.remove(&k);
+                    }
+                }
+                self.rendezvous.insert(key, addr);
+                env.reply(ctl, Message::Ok);
+            }
+            Message::RendezvousLookup { key, timeout_ms } => match self.rendezvous.get(&key) {
+                Some(addr) => env.reply(
+                    ctl,
+                    Message::RendezvousFound {
+                        key,
+                        addr: addr.clone(),
+                    },
+                ),
+                None => {
+                    let wait = Duration::from_millis(timeout_ms.min(600_000));
+                    self.lookups.push((ctl, key, now + wait));
+                }
+            },
             other => env.reply(
                 ctl,
                 Message::Refused {
@@ -459,6 +511,22 @@ impl Machine {
 
     /// Time passes: timeouts, interval checkpoints, idle exit.
     pub fn tick(&mut self, now: Instant, env: &mut dyn Env) {
+        let mut i = 0;
+        while i < self.lookups.len() {
+            if now >= self.lookups[i].2 {
+                let (waiter, key, _) = self.lookups.swap_remove(i);
+                env.reply(
+                    waiter,
+                    Message::Refused {
+                        reason: format!(
+                            "rendezvous {key}: the other end was not restored in time (restart every process of the job)"
+                        ),
+                    },
+                );
+            } else {
+                i += 1;
+            }
+        }
         if let Some(t) = &self.term {
             if self.ckpt.is_none() && (t.requested || now >= t.until) && self.exit.is_none() {
                 self.exit = Some(t.reason.clone());
@@ -514,7 +582,11 @@ impl Machine {
             }
         }
         if let Some(idle) = self.cfg.exit_when_idle {
-            if self.members.is_empty() && self.ckpt.is_none() && self.exit.is_none() {
+            if self.members.is_empty()
+                && self.ckpt.is_none()
+                && self.exit.is_none()
+                && self.lookups.is_empty()
+            {
                 if self.ever_joined && now.duration_since(self.idle_since) >= idle {
                     self.exit = Some(format!(
                         "no process has been connected for {:.0}s",
@@ -543,6 +615,9 @@ impl Machine {
             if let Some((d, _)) = self.deadline {
                 consider(d);
             }
+        }
+        for (_, _, until) in &self.lookups {
+            consider(*until);
         }
         if let Some(idle) = self.cfg.exit_when_idle {
             if self.members.is_empty() {

@@ -213,6 +213,19 @@ pub enum Message {
     Shutdown {
         kill: bool,
     },
+    /// Rendezvous (restart): a restarting process tells where the new end of a connection
+    /// listens. `key` names the connection as it was at the checkpoint (both endpoints and
+    /// the generation); `addr` is `HOST:PORT`. Replied with `Ok`.
+    RendezvousPublish {
+        key: String,
+        addr: String,
+    },
+    /// Rendezvous: where does the other end of connection `key` listen? Replied with
+    /// `RendezvousFound` once it is published, or `Refused` after `timeout_ms`.
+    RendezvousLookup {
+        key: String,
+        timeout_ms: u64,
+    },
 
     // ---- coordinator -> control
     CheckpointDone(CheckpointSummary),
@@ -221,6 +234,10 @@ pub enum Message {
     },
     Status(Status),
     Ok,
+    RendezvousFound {
+        key: String,
+        addr: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -259,6 +276,9 @@ impl Message {
             Message::CheckpointFailed { .. } => "checkpoint_failed",
             Message::Status(_) => "status",
             Message::Ok => "ok",
+            Message::RendezvousPublish { .. } => "rendezvous_publish",
+            Message::RendezvousLookup { .. } => "rendezvous_lookup",
+            Message::RendezvousFound { .. } => "rendezvous_found",
         }
     }
 }

@@ -134,7 +134,8 @@ pub fn tcp_peer_in_job(local: &[u8], remote: &[u8]) -> bool {
             // The peer's local end is our remote end, and the other way round.
             if pl == r && pr == l {
                 let ino = f[9];
-                if crate::tree::held_in_job(&format!("socket:[{ino}]")) {
+                let link = format!("socket:[{ino}]");
+                if crate::tree::held_in_job(&link) || crate::tree::held_by_other_tree(&link) {
                     return true;
                 }
             }

@@ -96,6 +96,39 @@ pub fn held_in_job(link: &str) -> bool {
     false
 }
 
+/// Whether a process of the same job outside this process tree (another task of the job
+/// on this host: same checkpoint directory in its environment) holds `link`. Such a
+/// connection is re-established at restart through the coordinator's rendezvous.
+pub fn held_by_other_tree(link: &str) -> bool {
+    let want = format!("CKPT_DIR={}", crate::config().ckpt_dir);
+    let me = job_processes();
+    let Ok(pids) = crate::sys::list_numeric_dir("/proc") else {
+        return false;
+    };
+    for p in pids {
+        if me.contains(&p) {
+            continue;
+        }
+        let same_job = std::fs::read(format!("/proc/{p}/environ"))
+            .map(|e| e.split(|b| *b == 0).any(|v| v == want.as_bytes()))
+            .unwrap_or(false);
+        if !same_job {
+            continue;
+        }
+        if let Ok(fds) = crate::sys::list_numeric_dir(&format!("/proc/{p}/fd")) {
+            for fd in fds {
+                if std::fs::read_link(format!("/proc/{p}/fd/{fd}"))
+                    .map(|l| l.to_string_lossy() == link)
+                    .unwrap_or(false)
+                {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
 /// Whether this process saves shared-memory object `ino`: of the job's processes that map
 /// it, the one with the lowest pid does (all of them compute the same answer while the job
 /// is stopped).

@@ -164,3 +164,115 @@ fn launcher_is_reexecuted_in_place() {
         assert!(r.first_fail().is_none(), "{:?}", r.first_fail());
     }
 }
+
+/// Two processes of one job that are *not* one process tree (as two tasks of a job step
+/// are), joined by a loopback TCP connection with messages in flight both ways, each
+/// restarted by its own `ckpt restart --vpid`: the connection is re-established through the
+/// coordinator's rendezvous, every message arrives once, in order, across two restarts.
+#[test]
+fn tcp_between_separately_restored_processes() {
+    use std::ffi::OsString;
+    let t = std::time::Duration::from_secs(150);
+    let sb = Sandbox::new("rendezvous");
+    let dir = sb.ckpt_dir();
+    let prog = programs().path("tcpnode");
+    let portfile = sb.work_dir().join("port");
+    let pf = portfile.to_string_lossy().into_owned();
+    let total = 700u64;
+    let mut server = sb.launch("tcpnode server", &prog, &["700", "server", &pf]);
+    // The second process joins the same job the way the Slurm plugin makes tasks join it,
+    // once `ckpt launch` has the coordinator listening.
+    let t0 = std::time::Instant::now();
+    while !dir.join("coordinator.pid").exists() || !dir.join("coordinator.secret").exists() {
+        assert!(t0.elapsed() < t, "no coordinator for {}", dir.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let socket = std::fs::read_to_string(dir.join("coordinator.socket"))
+        .map(|s| std::path::PathBuf::from(s.trim()))
+        .unwrap_or_else(|_| dir.join("coordinator.sock"));
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            t0.elapsed() < t,
+            "the coordinator does not listen on {}",
+            socket.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut cmd = sb.command(&prog, &["700".into(), "client".into(), OsString::from(&pf)]);
+    cmd.env("LD_PRELOAD", built("libckpt.so"))
+        .env("CKPT_DIR", &dir)
+        .env("CKPT_SOCKET", &socket);
+    let mut client = Job::spawn("tcpnode client", cmd);
+    server.wait_tick(20, t).unwrap();
+    client.wait_tick(20, t).unwrap();
+    let joined = || {
+        let st = sb.ckpt_cmd(&["status", "--ckpt-dir", &dir.to_string_lossy(), "--json"]);
+        serde_json::from_str::<serde_json::Value>(&st.stdout)
+            .ok()
+            .and_then(|v| v["processes"].as_array().map(|a| a.len()))
+    };
+    while joined() != Some(2) {
+        assert!(
+            t0.elapsed() < t,
+            "both processes joined the job\n{}",
+            client.transcript(30)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (sv, cv) = (server.pid(), client.pid());
+    let mut outputs: Vec<(String, Job)> = Vec::new();
+    for round in 1..=2 {
+        let out = sb.checkpoint(true);
+        assert!(out.success(), "round {round}: {}", out.report());
+        let _ = server.wait_exit(t);
+        let _ = client.wait_exit(t);
+        let restart = |vpid: i32| {
+            let a: Vec<OsString> = vec![
+                "restart".into(),
+                dir.clone().into(),
+                "--vpid".into(),
+                vpid.to_string().into(),
+            ];
+            Job::spawn(&format!("restart {vpid} (round {round})"), sb.ckpt(&a))
+        };
+        let before = (
+            server.max_tick().unwrap_or(0),
+            client.max_tick().unwrap_or(0),
+        );
+        outputs.push(("server".into(), server));
+        outputs.push(("client".into(), client));
+        server = restart(sv);
+        client = restart(cv);
+        let more = if round == 1 { 20 } else { 1 };
+        for (j, b) in [(&server, before.0), (&client, before.1)] {
+            if let Err(e) = j.wait_tick(b + more, t) {
+                panic!("{e}\n{}\n{}", server.transcript(30), client.transcript(30));
+            }
+        }
+        for (name, j, b) in [("server", &server, before.0), ("client", &client, before.1)] {
+            let first = j.ticks().first().copied();
+            assert!(
+                first.is_some_and(|f| f > 1 && f <= b + 1),
+                "{name} round {round}: first tick after the restore {first:?}, last before {b}\n{}",
+                j.transcript(30)
+            );
+            check_consecutive(name, j).unwrap();
+        }
+    }
+    for (name, j) in [("server", &mut server), ("client", &mut client)] {
+        let st = j.wait_exit(t).unwrap();
+        assert!(
+            st.success(),
+            "{name}: {}\n{}",
+            j.exit_description(),
+            j.transcript(30)
+        );
+        assert_eq!(j.max_tick(), Some(total), "{name}");
+        assert_eq!(
+            j.stdout_lines().last().map(String::as_str),
+            Some("PASS"),
+            "{name}"
+        );
+        assert!(j.first_fail().is_none(), "{name}: {:?}", j.first_fail());
+    }
+}
