@@ -2,7 +2,8 @@
 # End-to-end test of ckpt on the Slurm 24.11 cluster in Docker (this directory): builds the
 # images if needed (build.sh), brings up a cluster of its own (compose project ckpt-e2e-PID),
 # runs jobs as the non-root user alice, and removes the containers, network and volumes it
-# created, pass or fail. The images are kept (build.sh reuses them). Last line "N passed, N failed".
+# created, pass or fail. The images are kept (build.sh reuses them). Last line
+# "docker: N passed, N failed".
 #
 #   docker/slurm-cluster/e2e.sh
 #
@@ -20,16 +21,18 @@
 #      tasks of a job without a batch script at once and does not requeue it; the runtime turns
 #      the SIGTERM into a checkpoint; `srun -N2 --restart-from=DIR` restores each rank on its node
 #      from its own image, and both continue to PASS
-#   a. also checks that the preempted job ran exactly twice (Restarts=1): on Slurm 24.11 an
-#      `scontrol requeue` in the grace period leaves the preemption's own requeue pending, so
-#      the restored run is requeued again when it ends (see README.md, "Known problems")
+#   a. also checks that the preempted job ran exactly twice (Restarts=1): on Slurm 24.11 the agent
+#      ends the batch step after the checkpoint (scancel --batch --full --signal=KILL) and
+#      Slurm's own preemption requeue is the only one (an `scontrol requeue` in the grace period
+#      would leave the preemption's mark on the job and requeue it again when its next run ends)
 #   and no ckpt-coordinatord / ckpt-slurm outlives its job.
 #
 # Settings: CKPT_BIN_DIR (passed to build.sh), CKPT_SLURM_IMAGE (use this image, skip build.sh),
+# CKPT_DOCKER_PROJECT (compose project name, default ckpt-e2e-PID),
 # CKPT_DOCKER_KEEP=1 (leave the cluster up for debugging; remove it with the command printed).
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-PROJECT=ckpt-e2e-$$
+PROJECT=${CKPT_DOCKER_PROJECT:-ckpt-e2e-$$}
 TUSER=alice
 PASS=0 FAIL=0 FAILED_NAMES=() FIGURES=() BGPIDS=() UP= WORK=
 T_START=$(date +%s.%N)
@@ -74,7 +77,7 @@ finish() {
     if (( ${#FIGURES[@]} )); then printf '# figure: %s\n' "${FIGURES[@]}"; fi
     echo "# whole run: $(since "$T_START") s"
     if (( FAIL )); then printf '# failed: %s\n' "${FAILED_NAMES[@]}"; fi
-    echo "$PASS passed, $FAIL failed"
+    echo "docker: $PASS passed, $FAIL failed"
     (( FAIL == 0 && rc == 0 )) && exit 0 || exit 1
 }
 trap finish EXIT
@@ -232,7 +235,8 @@ as_user cat "low-$JL.out" >"$WORK/low.out" 2>/dev/null
 ctl cat "/ckpt/$TUSER/$JL/ckpt-slurm.log" >"$WORK/low-agent.log" 2>/dev/null
 check "(a) the agent saw the preemption and checkpointed in the grace period" \
     grep -q 'preemption: checkpoint generation [0-9]* committed' "$WORK/low-agent.log"
-check "(a) the agent requeued the job" grep -q 'preemption: requeued' "$WORK/low-agent.log"
+check "(a) the agent ended the batch step after the checkpoint; Slurm 24.11's preemption requeue is the only one" \
+    grep -q 'ending the batch step (scancel --batch --full --signal=KILL): Slurm 24\.11' "$WORK/low-agent.log"
 n=$(grep -c 'restoring from' "$WORK/low.out")
 check "(a) the job ran twice: preempted once, restored once (Restarts=$(jobfield "$JL" Restarts), $n restore(s))" \
     test "$(jobfield "$JL" Restarts)" == 1 -a "$n" == 1

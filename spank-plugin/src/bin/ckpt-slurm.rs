@@ -9,6 +9,10 @@
 //!   run. SIGTERM stops the coordinator and the agent.
 //! * `ckpt-slurm requeue JOBID` — checkpoint a running job, then `scontrol requeue` it.
 //!
+//! How a job is requeued after its checkpoint depends on slurmctld (see [`requeue_way`]): in a
+//! preemption's grace period on Slurm 24.05 and later the batch step is ended instead and
+//! Slurm's own preemption requeue is the only one; otherwise `scontrol requeue`.
+//!
 //! Log lines go to stdout (the plugin points it at DIR/ckpt-slurm.log), each prefixed with the
 //! Unix time.
 
@@ -119,6 +123,8 @@ struct JobView {
     batch: bool,
     user: String,
     name: String,
+    /// The partition the job runs in.
+    partition: String,
     /// Seconds until the time limit; None when unlimited.
     remaining: Option<u64>,
 }
@@ -157,6 +163,7 @@ fn parse_job(text: &str) -> JobView {
             "BatchFlag" => v.batch = val == "1",
             "UserId" => v.user = val.split('(').next().unwrap_or("").to_string(),
             "JobName" => v.name = val.to_string(),
+            "Partition" => v.partition = val.to_string(),
             "TimeLimit" => limit = slurm_secs(val),
             "RunTime" => run = slurm_secs(val),
             _ => {}
@@ -222,6 +229,131 @@ fn scontrol_requeue(job: &str) -> Result<(), String> {
     }
 }
 
+/// Ends the job's batch step now (every process of it, the agent included): `scancel --batch
+/// --full --signal=KILL JOB`.
+fn end_batch_step(job: &str) -> Result<(), String> {
+    let out = Command::new("scancel")
+        .args(["--batch", "--full", "--signal=KILL", job])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running scancel: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "scancel --batch --full --signal=KILL {job}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// `KEY = VALUE` lines of `scontrol show config` / `KEY=VALUE` words of `scontrol show ... -o`.
+fn scontrol_value(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().to_string())
+    })
+}
+
+fn scontrol_word(text: &str, key: &str) -> Option<String> {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=').map(str::to_string))
+}
+
+fn scontrol_text(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("scontrol")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running scontrol: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "scontrol {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `24.11.5` -> (24, 11).
+fn major_minor(version: &str) -> Option<(u32, u32)> {
+    let mut it = version.split('.');
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// How a checkpointed job is put back in the queue.
+#[derive(Debug, PartialEq, Eq)]
+enum RequeueWay {
+    /// `scontrol requeue JOB`.
+    Scontrol,
+    /// End the batch step; slurmctld requeues the preempted job itself (the string says why).
+    EndBatchStep(String),
+}
+
+/// Slurm 24.05 and later (slurmctld) mark a job that gets the grace-period signal of a
+/// preemption, and requeue it (as PREEMPTED) when its batch script ends within the grace
+/// period, if the preemption mode is REQUEUE. `scontrol requeue` does not clear that mark: a
+/// job requeued by it in the grace period is requeued once more when its next run ends (and
+/// restored a second time). So there the job's batch step is ended instead, and the
+/// preemption's own requeue is the only one. Slurm before 24.05 does not requeue a job whose
+/// batch script ends in the grace period: `scontrol requeue` it is. The preemption mode is the
+/// partition's, else the cluster's (a QOS's PreemptMode is not looked at).
+fn requeue_way(view: &JobView) -> Result<RequeueWay, String> {
+    if !view.preempting {
+        return Ok(RequeueWay::Scontrol);
+    }
+    let conf = scontrol_text(&["show", "config"])?;
+    let version =
+        scontrol_value(&conf, "SLURM_VERSION").ok_or("no SLURM_VERSION in scontrol show config")?;
+    let Some(mm) = major_minor(&version) else {
+        return Err(format!("cannot read Slurm version {version:?}"));
+    };
+    if mm < (24, 5) {
+        return Ok(RequeueWay::Scontrol);
+    }
+    let part_mode = if view.partition.is_empty() {
+        None
+    } else {
+        scontrol_text(&["show", "partition", "-o", &view.partition])
+            .ok()
+            .and_then(|t| scontrol_word(&t, "PreemptMode"))
+    };
+    let mode = part_mode
+        .or_else(|| scontrol_value(&conf, "PreemptMode"))
+        .unwrap_or_default();
+    Ok(preempt_requeue_way(&version, &mode))
+}
+
+/// The decision of [`requeue_way`] for slurmctld `version` >= 24.05 and preemption `mode`.
+fn preempt_requeue_way(version: &str, mode: &str) -> RequeueWay {
+    if mode.split(',').any(|m| m.eq_ignore_ascii_case("REQUEUE")) {
+        RequeueWay::EndBatchStep(format!(
+            "Slurm {version} requeues a job preempted in REQUEUE mode itself when its batch script ends in the grace period"
+        ))
+    } else {
+        RequeueWay::Scontrol
+    }
+}
+
+/// Puts the checkpointed job back in the queue (see [`requeue_way`]); Ok(what was done).
+fn requeue_after_checkpoint(job: &str, view: &JobView) -> Result<String, String> {
+    let way = requeue_way(view).unwrap_or_else(|e| {
+        log!(
+            "job {job}: cannot tell how slurmctld requeues a preempted job ({e}): scontrol requeue"
+        );
+        RequeueWay::Scontrol
+    });
+    match way {
+        RequeueWay::Scontrol => scontrol_requeue(job).map(|()| "requeued".to_string()),
+        RequeueWay::EndBatchStep(why) => {
+            // logged first: the agent is a process of the batch step and ends with it
+            log!("job {job}: ending the batch step (scancel --batch --full --signal=KILL): {why}");
+            end_batch_step(job).map(|()| "batch step ended; Slurm requeues the job".to_string())
+        }
+    }
+}
+
 fn json_field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
     let i = json.find(&format!("\"{key}\":"))? + key.len() + 3;
     let rest = json[i..].trim_start();
@@ -262,9 +394,9 @@ fn checkpoint_and_requeue(
         log!("job {job}: {why}: the job is not a requeueable batch job: not requeueing (restore it with srun --restart-from={})", dir.display());
         return true;
     }
-    match scontrol_requeue(job) {
-        Ok(()) => {
-            log!("job {job}: {why}: requeued");
+    match requeue_after_checkpoint(job, view) {
+        Ok(done) => {
+            log!("job {job}: {why}: {done}");
             true
         }
         Err(e) => {
@@ -511,9 +643,9 @@ fn requeue_cmd(args: &[String]) -> ExitCode {
             ))
         }
     }
-    match scontrol_requeue(&job) {
-        Ok(()) => {
-            println!("job {job}: requeued; it restores from this checkpoint when it runs again");
+    match requeue_after_checkpoint(&job, &view) {
+        Ok(done) => {
+            println!("job {job}: {done}; it restores from this checkpoint when it runs again");
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
@@ -562,6 +694,44 @@ mod tests {
         );
         assert!(v.preempting);
         assert_eq!(v.remaining, None);
+    }
+    #[test]
+    fn requeue_ways() {
+        let v = parse_job("JobId=7 Partition=low JobState=RUNNING PreemptTime=None");
+        assert_eq!(v.partition, "low");
+        // not being preempted: scontrol requeue, whatever the version
+        assert_eq!(requeue_way(&v), Ok(RequeueWay::Scontrol));
+        assert!(matches!(
+            preempt_requeue_way("24.11.5", "REQUEUE"),
+            RequeueWay::EndBatchStep(_)
+        ));
+        assert!(matches!(
+            preempt_requeue_way("25.05.0", "GANG,REQUEUE"),
+            RequeueWay::EndBatchStep(_)
+        ));
+        assert_eq!(
+            preempt_requeue_way("24.11.5", "CANCEL"),
+            RequeueWay::Scontrol
+        );
+        assert_eq!(preempt_requeue_way("24.11.5", "OFF"), RequeueWay::Scontrol);
+        assert_eq!(major_minor("22.05.8"), Some((22, 5)));
+        assert!(major_minor("22.05.8").unwrap() < (24, 5));
+        assert_eq!(major_minor("24.05.0"), Some((24, 5)));
+        let conf = "Configuration data as of 2026-11-25T12:00:00\nPreemptMode             = REQUEUE\nSLURM_VERSION           = 24.11.5\n";
+        assert_eq!(
+            scontrol_value(conf, "SLURM_VERSION").as_deref(),
+            Some("24.11.5")
+        );
+        assert_eq!(
+            scontrol_value(conf, "PreemptMode").as_deref(),
+            Some("REQUEUE")
+        );
+        let part = "PartitionName=low AllowGroups=ALL PriorityTier=1 PreemptMode=REQUEUE GraceTime=30 State=UP";
+        assert_eq!(
+            scontrol_word(part, "PreemptMode").as_deref(),
+            Some("REQUEUE")
+        );
+        assert_eq!(scontrol_word(part, "Mode"), None);
     }
     #[test]
     fn json() {
