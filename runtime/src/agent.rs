@@ -1267,6 +1267,22 @@ static TERM_PIPE: [std::sync::atomic::AtomicI32; 2] = [
 /// A held SIGTERM has asked for a checkpoint.
 static TERM_ASKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Whether SIGTERM is held (CKPT_HOLD_SIGTERM and the program left it at its default).
+pub fn term_held() -> bool {
+    if TERM_PIPE[1].load(Ordering::Relaxed) < 0 {
+        return false;
+    }
+    // SAFETY: reading the current disposition into a zeroed local.
+    let mut cur: libc::sigaction = unsafe { std::mem::zeroed() };
+    vids::real_sigaction(libc::SIGTERM, std::ptr::null(), &mut cur) == 0
+        && cur.sa_sigaction == on_term as *const () as usize
+}
+
+/// A held SIGTERM was found pending: the same as its arrival through the handler.
+pub fn term_arrived() {
+    on_term(libc::SIGTERM);
+}
+
 extern "C" fn on_term(_sig: i32) {
     let fd = TERM_PIPE[1].load(Ordering::Relaxed);
     let b = 1u8;

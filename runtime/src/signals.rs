@@ -68,6 +68,14 @@ pub fn take_shared(skip: i32) -> Result<(), String> {
             if r <= 0 {
                 break;
             }
+            if sig == libc::SIGTERM && crate::agent::term_held() {
+                // A SIGTERM that reached the process while it was stopped (or blocked by the
+                // program) is the end of the job the held SIGTERM stands for: not part of
+                // the image (it would end the restored process); it ends this one after the
+                // checkpoint, like one that arrived before.
+                crate::agent::term_arrived();
+                break;
+            }
             v.push(info);
             OUTSTANDING.store(true, Ordering::Release);
             if sig < 32 {
