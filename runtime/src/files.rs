@@ -414,7 +414,7 @@ fn open_like(f: &FdMeta, path: &str) -> Result<i32, String> {
                 ));
             }
             crate::log::emit(
-                2,
+                3,
                 &format!(
                     "fd {}: {} was replaced by a file with the same content; using it",
                     f.fd, path
