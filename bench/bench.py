@@ -1290,6 +1290,17 @@ def markdown(results, s):
                          ((" ≤ 1.5× ✓" if ratio <= 1.5 else " ≤ 1.5× ✗") if mib == 1024 else ""))
             if s["dd_direct"]:
                 notes.append(f"{w['ckpt_wall_s']['median'] / (s['dd_direct']['median'] * mib / results['args']['dd_mib']):.2f}× dd O_DIRECT")
+        if wl == "mem1g" and w["ok"]:
+            # issue 9: 1 GiB random, against the peers measured in the same rounds
+            pr = s["peers"].get("mem1g", {})
+            for label, key, limit, what in (("criu", "ckpt_ratio", 1.0, "ckpt ≤ CRIU"),
+                                            ("dmtcp", "ckpt_ratio", 0.5, "ckpt ≤ 0.5× DMTCP"),
+                                            ("dmtcp", "restart_ratio", 0.5,
+                                             "restart ≤ 0.5× DMTCP")):
+                st = (pr.get(label) or {}).get(key)
+                if st:
+                    notes.append(f"{what}: {st['median']:.2f}× (per round) "
+                                 + ("✓" if st["median"] <= limit else "✗"))
         img = fmt_bytes(w["image_bytes"]["median"]) if w["image_bytes"] else "–"
         if w["image_alloc_bytes"] and w["image_bytes"] and \
                 abs(w["image_alloc_bytes"]["median"] - w["image_bytes"]["median"]) > MIB:

@@ -308,6 +308,10 @@ class Criu(Peer):
         return cmd, c
 
     def restart(self, out):
+        try:
+            os.unlink(os.path.join(self.rundir, "restored.pid"))  # criu refuses to replace it
+        except FileNotFoundError:
+            pass
         cmd = [self.criu, "restore", "-D", self.image_dir, "-d", "-o", "restore.log", "-v2",
                "--pidfile", os.path.join(self.rundir, "restored.pid")] + self.tcp
         self.restart_cmd = " ".join(cmd)
