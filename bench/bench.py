@@ -1122,6 +1122,9 @@ def side_by_side(results):
             out.setdefault(name.split("@")[0], {})[label] = {
                 "ckpt_ratio": per_round_ratio(mine, pr, "ckpt_wall_s"),
                 "restart_ratio": per_round_ratio(mine, pr, "restart_s"),
+                "restart_cache_ratio": {
+                    m: per_round_ratio(mine, pr, "restart_cache_s", m)
+                    for m in results["args"]["restart_cache"]},
             }
     return out
 
@@ -1143,10 +1146,13 @@ def peer_lines(results, s):
     ran = [l for l, p in pr.items() if p.get("bin")]
     if not ran or not s["peers"]:
         return out
+    modes = results["args"]["restart_cache"]
+    rnames = ", ".join(f"restart {m}" for m in modes)
     head = "| workload | ckpt ckpt / restart / image | " + " | ".join(
-        f"{pr[l]['tool']} ckpt / restart / image | ckpt ÷ {pr[l]['tool']}: ckpt, restart "
+        f"{pr[l]['tool']} ckpt / restart / image | ckpt ÷ {pr[l]['tool']}: ckpt, {rnames} "
         f"(per round)" for l in ran) + " |"
-    out.append("Side by side (medians; ratios are per round, median [min–max]):")
+    out.append(f"Side by side (medians; restart = restart ({modes[0]}); ratios are per round, "
+               "median [min–max]):")
     out.append("")
     out.append(head)
     out.append("|---|---|" + "---|---|" * len(ran))
@@ -1167,7 +1173,8 @@ def peer_lines(results, s):
         for l in ran:
             row.append(cell(s["workloads"].get(f"{wl}@{l}")))
             rr = s["peers"].get(wl, {}).get(l)
-            row.append(f"{ratio(rr['ckpt_ratio'])}, {ratio(rr['restart_ratio'])}" if rr else "–")
+            row.append(", ".join([ratio(rr["ckpt_ratio"])] + [
+                ratio(rr["restart_cache_ratio"].get(m)) for m in modes]) if rr else "–")
         out.append("| " + " | ".join(row) + " |")
     out.append("")
     return out
