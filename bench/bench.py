@@ -1139,9 +1139,9 @@ def peer_lines(results, s):
             out.append(f"- {p['tool']} (`{label}` rows): revision `{p['revision']}`, from "
                        f"`{p['src']}`.")
         else:
-            first = p["error"].strip().splitlines()
-            out.append(f"- {p['tool']}: **not run**: {first[0] if first else '?'} (the JSON "
-                       f"has the full message)")
+            ls = [x.strip() for x in p["error"].splitlines() if x.strip()]
+            why = (ls[0] + (f" … `{ls[-1]}`" if len(ls) > 1 else "")) if ls else "?"
+            out.append(f"- {p['tool']}: **not run**: {why} (the JSON has the full message)")
     out.append("")
     ran = [l for l, p in pr.items() if p.get("bin")]
     if not ran or not s["peers"]:
@@ -1371,7 +1371,8 @@ def markdown(results, s):
                        (f" — `{x['command']}`" if x.get("command") else ""))
     if not any(p.get("bin") for p in results.get("peers", {}).values()):
         out.append("")
-        out.append("DMTCP and CRIU were not run (no --dmtcp-src / --criu-src): ckpt alone. "
+        out.append("DMTCP and CRIU were not run (not asked for with --dmtcp-src / --criu-src, "
+                   "or not available, see above): ckpt alone. "
                    "Peers measured on this VM earlier (peers.md; other runs, so compare loosely): "
                    "tiny DMTCP 0.41 s / 0.21 s / 22 MiB, CRIU 0.043 s / 0.021 s / 0.12 MiB; "
                    "1 GiB random DMTCP 2.47 s / 0.74 s, CRIU 1.05 s / 0.84 s "

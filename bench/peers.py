@@ -41,8 +41,12 @@ def _run_logged(cmd, cwd, log, env=None):
     with open(log, "ab") as f:
         f.write(("\n$ " + " ".join(cmd) + "\n").encode())
         f.flush()
-        return subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=env,
-                              stdin=subprocess.DEVNULL).returncode
+        try:
+            return subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=env,
+                                  stdin=subprocess.DEVNULL).returncode
+        except OSError as e:  # e.g. no ./configure: not a source checkout of this peer
+            f.write(f"cannot run {cmd[0]}: {e}\n".encode())
+            return 127
 
 
 def _copy_source(src, dst):
