@@ -22,6 +22,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 MIB = 1024 * 1024
@@ -59,13 +62,40 @@ def vname(name, label):
     return f"{name}@{label}" if label else name
 
 
+MPI_ENV = {
+    # TCP over loopback only; no shared-memory transport (its /dev/shm files would be one
+    # more thing for every tool); hwloc's linuxio component opens O_PATH fds to symlinks in
+    # /sys, which DMTCP asserts on (peers.md §7), and the ring needs no topology.
+    "OMPI_MCA_btl": "self,tcp", "OMPI_MCA_btl_tcp_if_include": "lo",
+    "OMPI_MCA_oob_tcp_if_include": "lo", "HWLOC_COMPONENTS": "-linuxio",
+    # 4 ranks on 2 cores: ranks yield instead of spinning while they wait
+    "OMPI_MCA_mpi_yield_when_idle": "1",
+}
+
+# Workloads known not to work with a tool yet, with the reason (they are run anyway).
+KNOWN_FAILING = {
+    ("mpi4", ""): "`ckpt launch -- mpirun` does not work yet: mpirun holds a pseudo-terminal "
+                  "master (/dev/ptmx) for its ranks' stdio and ckpt refuses terminals on fds "
+                  "other than 0-2; ptys are being implemented in another branch",
+}
+
+
 def workload(name):
-    """name -> dict(program, args, ready, verify_line)"""
+    """name -> dict(program, args, ready, verify_ticks, procs, ...)"""
     name = name.split("@")[0]
+    base = {"name": name, "args": [], "ready": None, "verify_ticks": 3, "procs": 1,
+            "env": {}, "tcp": False, "interp": None}
     if name == "tiny":
-        return {"name": name, "program": "tiny", "args": [], "ready": None, "verify_ticks": 3}
+        return dict(base, program="tiny")
     if name == "threads4":
-        return {"name": name, "program": "threads4", "args": [], "ready": None, "verify_ticks": 3}
+        return dict(base, program="threads4")
+    if name == "pipepair":
+        return dict(base, program="pipepair", procs=2)
+    if name == "tcppair":
+        return dict(base, program="tcppair", procs=2, tcp=True)
+    if name == "mpi4":
+        # mpirun + 4 ranks, ring + allreduce; rank 0 prints the ticks
+        return dict(base, program="mpiring", procs=5, tcp=True, env=MPI_ENV, interp="mpirun")
     if name.startswith("mem") and name.endswith("-incr"):
         # a full checkpoint (the job runs on), the program rewrites 1 % of its memory, then
         # the timed checkpoint --kill is incremental; the restart restores the chain
@@ -75,11 +105,42 @@ def workload(name):
     if name.startswith("mem"):
         mib = parse_size_mib(name[3:])
         # after the restart, wait for a full verification pass (32 MiB per tick) + 1 tick
-        return {"name": name, "program": "mem", "args": [str(mib)], "ready": "ready",
-                "verify_ticks": -(-mib // 32) + 1, "mib": mib}
+        return dict(base, program="mem", args=[str(mib)], ready="ready",
+                    verify_ticks=-(-mib // 32) + 1, mib=mib)
+    if name.startswith("pyheap"):
+        mib = parse_size_mib(name[6:])
+        # 64 ticks verify the whole heap
+        return dict(base, program="pyheap.py", args=[str(mib)], ready="ready",
+                    verify_ticks=65, interp="python3", mib=mib)
     if name in ("sparse", "sparse8g"):
-        return {"name": name, "program": "sparse", "args": [], "ready": "ready", "verify_ticks": 3}
-    raise SystemExit(f"bench.py: unknown workload {name!r} (tiny, threads4, memNg/memNm, sparse8g)")
+        return dict(base, program="sparse", ready="ready")
+    raise SystemExit(f"bench.py: unknown workload {name!r} (tiny, threads4, pipepair, tcppair, "
+                     "mpi4, memNg/memNm[-incr], pyheapNm, sparse8g)")
+
+
+def system_python():
+    """The distribution's python3 (the one the pyheap workload runs, a plain ELF binary)."""
+    for p in ("/usr/bin/python3", shutil.which("python3")):
+        if p and os.access(p, os.X_OK):
+            return os.path.realpath(p)
+    return "python3"
+
+
+def program_argv(bindir, wl):
+    prog = os.path.join(bindir, wl["program"])
+    if wl["interp"] == "python3":
+        return [system_python(), prog] + wl["args"]
+    if wl["interp"] == "mpirun":
+        return ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "4", prog] + wl["args"]
+    return [prog] + wl["args"]
+
+
+def program_env(wl):
+    env = dict(os.environ)
+    for k in ("CKPT_DIR", "LD_PRELOAD"):
+        env.pop(k, None)
+    env.update(wl["env"])
+    return env
 
 
 # ----------------------------------------------------------------------------------------
@@ -297,6 +358,118 @@ def drop_cache(d):
 
 
 # ----------------------------------------------------------------------------------------
+# Peak extra memory during a checkpoint
+
+
+def _proc_tree():
+    """{pid: ppid} of every live process."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if fields[0] != "Z":
+                    out[int(d)] = int(fields[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+HAVE_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+def _children(pid):
+    """Children of pid from /proc/<pid>/task/*/children, or None when the kernel has no
+    such files (CONFIG_PROC_CHILDREN is not set on this VM's kernel)."""
+    if not HAVE_CHILDREN_FILES:
+        return None
+    out = []
+    try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{t}/children") as f:
+                    out.extend(int(x) for x in f.read().split())
+            except OSError:
+                continue
+    except OSError:
+        return []
+    return out
+
+
+def our_descendants():
+    """Every process below the bench (it is a child subreaper, so orphans stay below)."""
+    out, todo = [], [os.getpid()]
+    while todo:
+        kids = _children(todo.pop())
+        if kids is None:  # no children files: walk the whole process table
+            tree = _proc_tree()
+            kids_of = {}
+            for pid, pp in tree.items():
+                kids_of.setdefault(pp, []).append(pid)
+            out, todo = [], [os.getpid()]
+            while todo:
+                for c in kids_of.get(todo.pop(), []):
+                    out.append(c)
+                    todo.append(c)
+            return out
+        out.extend(kids)
+        todo.extend(kids)
+    return out
+
+
+def pss_anon_kib(pid):
+    """Proportional anonymous (+ shmem) memory of pid: pages shared copy-on-write between a
+    process and its fork()ed snapshot are counted once in the sum over both."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            tot = 0
+            for l in f:
+                if l.startswith(("Pss_Anon:", "Pss_Shmem:")):
+                    tot += int(l.split()[1])
+            return tot
+    except (OSError, ValueError):
+        return 0
+
+
+class MemSampler:
+    """Samples, every few ms while a checkpoint runs, the proportional anonymous memory of
+    every process below the bench (the workload, the tool's coordinator, the checkpoint
+    command, ckpt's snapshot, criu, ...). Peak extra memory = the peak of that sum minus
+    what the workload's own processes held just before the checkpoint (the `exclude`d
+    pids, the tool's long-lived coordinator, are not part of the workload). Page cache
+    filled by image writes is not included (see bench/README.md)."""
+
+    def __init__(self, exclude=()):
+        excl = {p for p in exclude if p}
+        pids = our_descendants()
+        self.base = sum(pss_anon_kib(p) for p in pids if p not in excl)
+        self.peak = sum(pss_anon_kib(p) for p in pids)
+        self.samples = 1
+        self.done = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        pids, n = [], 0
+        while not self.done.is_set():
+            if n % 4 == 0:  # new processes (a snapshot, criu's helpers) every 4th sample
+                pids = our_descendants()
+            n += 1
+            tot = sum(pss_anon_kib(p) for p in pids)
+            self.peak = max(self.peak, tot)
+            self.samples += 1
+            self.done.wait(0.01)
+
+    def stop(self, r):
+        self.done.set()
+        self.t.join(5)
+        r["peak_extra_bytes"] = max(0, self.peak - self.base) * 1024
+        r["workload_anon_bytes"] = self.base * 1024
+        r["mem_samples"] = self.samples
+
+
+# ----------------------------------------------------------------------------------------
 # One checkpoint -> kill -> restart cycle
 
 
@@ -364,10 +537,9 @@ def restart_once(reg, ckpt, ckdir, gen_dir, wl, r, args, env, restart_err, pre_t
 
 def one_cycle(reg, ckpt, bindir, wl, ckdir, args):
     r = {"workload": wl["name"], "ok": False}
-    prog = [os.path.join(bindir, wl["program"])] + wl["args"]
+    prog = program_argv(bindir, wl)
     reg.ckpt_dirs.append(ckdir)
-    env = dict(os.environ)
-    env.pop("CKPT_DIR", None)
+    env = program_env(wl)
     if args.log:
         env["CKPT_LOG"] = args.log
     launch_err = open(os.path.join(ckdir + ".launch.err"), "wb")
@@ -423,9 +595,11 @@ def one_cycle(reg, ckpt, bindir, wl, ckdir, args):
         r["sync_before_s"] = time.monotonic() - t
         # 3. checkpoint --kill, timed
         cmd = [ckpt, "checkpoint", "--ckpt-dir", ckdir, "--kill", "--json"]
+        sampler = MemSampler(exclude=[coordinator_pid(ckdir)])
         t0 = time.monotonic()
         c = subprocess.run(cmd, capture_output=True, close_fds=True, timeout=args.timeout, env=env)
         r["ckpt_wall_s"] = time.monotonic() - t0
+        sampler.stop(r)
         if c.returncode != 0:
             raise Failure(f"checkpoint failed (exit status {c.returncode})", " ".join(cmd),
                           (c.stdout + c.stderr).decode(errors="replace"))
@@ -497,6 +671,190 @@ def one_cycle(reg, ckpt, bindir, wl, ckdir, args):
                 os.unlink(f)
             except OSError:
                 pass
+    return r
+
+
+# ----------------------------------------------------------------------------------------
+# The same cycle through DMTCP or CRIU (bench/peers.py)
+
+
+class FileLines:
+    """Like Lines, for a program whose stdout is a regular file (O_APPEND): the peers
+    restore a file by path, while a pipe to the bench would lead outside the checkpointed
+    tree. Polls the file every millisecond from `offset`; `alive()` (checked every 0.2 s)
+    returning False ends it like EOF. If the file shrinks (a tool restored its old
+    contents), reading goes on from its new end."""
+
+    def __init__(self, path, offset, alive):
+        self.path, self.offset, self.alive = path, offset, alive
+        self.q = queue.Queue()
+        self.all = []
+        self.truncated = False
+        self.done = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        buf, last_check = b"", time.monotonic()
+        with open(self.path, "rb") as f:
+            while not self.done.is_set():
+                size = os.fstat(f.fileno()).st_size
+                if size < self.offset:
+                    self.truncated, self.offset, buf = True, size, b""
+                if size > self.offset:
+                    f.seek(self.offset)
+                    data = f.read(size - self.offset)
+                    self.offset += len(data)
+                    buf += data
+                    *full, buf = buf.split(b"\n")
+                    now = time.monotonic()
+                    for raw in full:
+                        item = (now, raw.decode(errors="replace"))
+                        self.all.append(item)
+                        self.q.put(item)
+                    continue
+                now = time.monotonic()
+                if now - last_check > 0.2:
+                    last_check = now
+                    if not self.alive():
+                        break
+                time.sleep(0.001)
+        self.q.put((time.monotonic(), None))
+
+    def stop(self):
+        self.done.set()
+        self.t.join(2)
+
+    def next(self, deadline):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        try:
+            return self.q.get(timeout=left)
+        except queue.Empty:
+            raise TimeoutError from None
+
+
+def peer_cycle(reg, tool_name, tool_bin, bindir, wl, rundir, args):
+    """launch -> ready + 3 ticks -> sync -> checkpoint (timed) -> kill -> restart (timed until
+    the first new tick) -> verify, as one_cycle does for ckpt."""
+    r = {"workload": wl["name"], "ok": False, "tool": tool_name}
+    os.makedirs(rundir)
+    out = os.path.join(rundir, "out.log")
+    argv = program_argv(bindir, wl)
+    env = program_env(wl)
+    if tool_name == "dmtcp":
+        tool = peers.Dmtcp(tool_bin, rundir, reg)
+    else:
+        tool = peers.Criu(tool_bin, rundir, reg, tcp=wl["tcp"])
+    sids = set()
+
+    def alive():
+        return bool(peers.sessions_pids(sids))
+
+    def kill_all():
+        peers.kill_sessions(sids, kill_pid)
+
+    try:
+        # 1. launch, in its own session, stdio on a file
+        with open(out, "ab") as fo:
+            p = tool.launch(argv, fo, env)
+        sids.add(p.pid)
+        lines = FileLines(out, 0, alive)
+        pre_tick, _, _ = wait_ticks(lines, 3, time.monotonic() + args.timeout, wl["ready"],
+                                    "launched program")
+        try:
+            tool.wait_joined(wl["procs"], args.timeout)
+        except RuntimeError as e:
+            raise Failure(str(e), tool.launch_cmd, tool.logs())
+        # 2. no dirty backlog from start-up
+        subprocess.run(["sync"], check=True)
+        # 3. checkpoint, timed
+        sampler = MemSampler(exclude=tool.helpers)
+        t0 = time.monotonic()
+        cmd, c = tool.checkpoint(args.timeout)
+        r["ckpt_wall_s"] = time.monotonic() - t0
+        sampler.stop(r)
+        if c.returncode != 0:
+            raise Failure(f"checkpoint failed (exit status {c.returncode})", " ".join(cmd),
+                          (c.stdout + c.stderr).decode(errors="replace")[-3000:] + tool.logs())
+        # the program is stopped for the whole checkpoint (DMTCP's threads write the image
+        # themselves; criu dump keeps the tree frozen until it is killed)
+        r["stopped_s"] = r["ckpt_wall_s"]
+        r["stopped_is_whole_ckpt"] = True
+        r["image_bytes"] = tool.image_bytes()
+        r["gen_dir_bytes"], r["gen_dir_alloc_bytes"] = dir_bytes(tool.image_dir)
+        # 4. kill the workload (criu dump already did), wait until every pid is free
+        kill_all()
+        lines.stop()
+        last_before_kill = max([tick_of(l) or 0 for _, l in lines.all] + [0])
+        if any(l.startswith("FAIL") for _, l in lines.all):
+            raise Failure("the program reported FAIL before the restart",
+                          output="\n".join(l for _, l in lines.all[-10:]))
+        r["tick_at_request"], r["tick_last_before_kill"] = pre_tick, last_before_kill
+        r["restart_cache_s"] = {}
+        for k, mode in enumerate(args.restart_cache):
+            if mode == "cold":
+                drop_cache(tool.image_dir)
+            elif mode == "hot":
+                warm_cache(tool.image_dir)
+            tool.prepare_restart(kill_pid)
+            off = os.path.getsize(out)
+            with open(out, "ab") as fo:
+                t0 = time.monotonic()
+                q = tool.restart(fo)
+            sids.add(q.pid)  # DMTCP's restored tree; CRIU's keeps its session (the launch pid)
+            rl = FileLines(out, off, lambda: alive() or q.poll() is None)
+            try:
+                first, first_t, seen = wait_ticks(rl, 1, t0 + args.timeout, None,
+                                                  "restarted program")
+            except Failure as f:
+                f.command = tool.restart_cmd
+                q.poll()
+                f.output = (f.output or "") + f"\n[restart exit status {q.returncode}]\n" + \
+                    open(out, errors="replace").read()[-1500:] + tool.logs()
+                raise
+            secs = first_t - t0
+            r.setdefault("tick_first_after_restart", first)
+            if rl.truncated:
+                r["output_truncated_by_restore"] = True
+            if not (first > 1 and pre_tick <= first <= last_before_kill + 1):
+                raise Failure(f"restarted program ({mode} cache) did not continue from the "
+                              f"checkpoint: first tick {first}, ticks before the checkpoint "
+                              f"request {pre_tick}, before the kill {last_before_kill}",
+                              tool.restart_cmd, "\n".join(seen))
+            more, _, seen2 = wait_ticks(rl, max(3, wl["verify_ticks"]),
+                                        time.monotonic() + args.timeout, None, "restarted program")
+            if more <= first:
+                raise Failure("ticks do not advance after restart", tool.restart_cmd,
+                              "\n".join(seen2))
+            if any(l.startswith("FAIL") for _, l in rl.all):
+                raise Failure(f"the restarted program ({mode} cache) reported FAIL",
+                              tool.restart_cmd, "\n".join(l for _, l in rl.all[-10:]))
+            rl.stop()
+            kill_all()
+            reg.kill_proc(q)
+            r["restart_cache_s"][mode] = secs
+            if k == 0:
+                r["restart_s"] = secs
+        r["ok"] = True
+    except (Failure, peers.Unavailable, subprocess.TimeoutExpired, RuntimeError) as f:
+        if isinstance(f, Failure):
+            r["error"] = f.what
+            if f.command:
+                r["command"] = f.command
+            if f.output:
+                r["output"] = f.output[-4000:]
+        else:
+            r["error"] = str(f)[:2000]
+    finally:
+        kill_all()
+        for pid in tool.helpers:
+            kill_pid(pid)
+        for pr in list(reg.procs):
+            reg.kill_proc(pr)
+        if not args.keep:
+            shutil.rmtree(rundir, ignore_errors=True)
     return r
 
 
@@ -674,7 +1032,11 @@ def summarize(results):
             "full_ckpt_s": stats([r.get("full_ckpt_s") for r in ok]),
             "full_image_bytes": stats([r.get("full_image_bytes") for r in ok]),
             "touched_bytes": stats([r.get("touched_bytes") for r in ok]),
+            "peak_extra_bytes": stats([r.get("peak_extra_bytes") for r in ok]),
+            "workload_anon_bytes": stats([r.get("workload_anon_bytes") for r in ok]),
+            "errors": sorted({r.get("error", "") for r in runs if not r.get("ok")}),
         }
+    s["peers"] = side_by_side(results)
     s["dd"] = stats([d["seconds"] for d in results["dd"] if d.get("ok")])
     s["dd_direct"] = stats([d["seconds"] for d in results.get("dd_direct", []) if d.get("ok")])
     # ckpt/dd ratio per round (same minute, same noise), for every memNg workload
@@ -730,7 +1092,7 @@ def compare_lines(results, s):
         if "@" not in name:
             continue
         main, label = name.split("@", 1)
-        if main not in runs:
+        if main not in runs or label in results.get("peers", {}):
             continue
         parts = []
         for what, key, sub in [("checkpoint", "ckpt_wall_s", None)] + [
@@ -745,6 +1107,149 @@ def compare_lines(results, s):
         out.insert(0, "Against the other builds, measured in the same rounds:")
         out.insert(1, "")
     return out
+
+
+def side_by_side(results):
+    """Per workload: per-round ratios ckpt / peer of checkpoint and restart time (rounds
+    where both worked), for every peer that ran."""
+    out = {}
+    runs = results["runs"]
+    for label in results.get("peers", {}):
+        for name, pr in runs.items():
+            if not name.endswith("@" + label) or name.split("@")[0] not in runs:
+                continue
+            mine = runs[name.split("@")[0]]
+            out.setdefault(name.split("@")[0], {})[label] = {
+                "ckpt_ratio": per_round_ratio(mine, pr, "ckpt_wall_s"),
+                "restart_ratio": per_round_ratio(mine, pr, "restart_s"),
+                "restart_cache_ratio": {
+                    m: per_round_ratio(mine, pr, "restart_cache_s", m)
+                    for m in results["args"]["restart_cache"]},
+            }
+    return out
+
+
+def peer_lines(results, s):
+    pr = results.get("peers", {})
+    if not pr:
+        return []
+    out = ["Peers, built by the bench from the source checkouts given:", ""]
+    for label, p in pr.items():
+        if p.get("bin"):
+            out.append(f"- {p['tool']} (`{label}` rows): revision `{p['revision']}`, from "
+                       f"`{p['src']}`.")
+        else:
+            ls = [x.strip() for x in p["error"].splitlines() if x.strip()]
+            why = (ls[0] + (f" … `{ls[-1]}`" if len(ls) > 1 else "")) if ls else "?"
+            out.append(f"- {p['tool']}: **not run**: {why} (the JSON has the full message)")
+    out.append("")
+    ran = [l for l, p in pr.items() if p.get("bin")]
+    if not ran or not s["peers"]:
+        return out
+    modes = results["args"]["restart_cache"]
+    rnames = ", ".join(f"restart {m}" for m in modes)
+    head = "| workload | ckpt ckpt / restart / image | " + " | ".join(
+        f"{pr[l]['tool']} ckpt / restart / image | ckpt ÷ {pr[l]['tool']}: ckpt, {rnames} "
+        f"(per round)" for l in ran) + " |"
+    out.append(f"Side by side (medians; restart = restart ({modes[0]}); ratios are per round, "
+               "median [min–max]):")
+    out.append("")
+    out.append(head)
+    out.append("|---|---|" + "---|---|" * len(ran))
+
+    def cell(w):
+        if not w or not w["ok"]:
+            return "failed" if w else "–"
+        return (f"{fmt_s(w['ckpt_wall_s'] and dict(w['ckpt_wall_s'], n=1))} / "
+                f"{fmt_s(w['restart_s'] and dict(w['restart_s'], n=1))} / "
+                f"{fmt_bytes(w['image_bytes']['median'])}")
+
+    def ratio(st):
+        return f"{st['median']:.2f}× [{st['min']:.2f}–{st['max']:.2f}]" if st else "–"
+    for wl, w in s["workloads"].items():
+        if "@" in wl:
+            continue
+        row = [wl, cell(w)]
+        for l in ran:
+            row.append(cell(s["workloads"].get(f"{wl}@{l}")))
+            rr = s["peers"].get(wl, {}).get(l)
+            row.append(", ".join([ratio(rr["ckpt_ratio"])] + [
+                ratio(rr["restart_cache_ratio"].get(m)) for m in modes]) if rr else "–")
+        out.append("| " + " | ".join(row) + " |")
+    out.append("")
+    return out
+
+
+def plot(results, s, path):
+    """Checkpoint time and restart time against image size, one marker per tool, one
+    point per workload (median), log-log. Uses matplotlib; if this python has none, runs
+    the distribution's python3 (Debian: python3-matplotlib) on the JSON instead."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker  # noqa: F401
+    except ImportError:
+        py = "/usr/bin/python3"
+        if os.path.realpath(sys.executable) == os.path.realpath(py) or not os.access(py, os.X_OK):
+            print("bench.py: no matplotlib (apt-get install python3-matplotlib); no plot",
+                  file=sys.stderr)
+            return 1
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump({"results": results, "summary": s}, f)
+        try:
+            return subprocess.run([py, os.path.abspath(__file__), "--plot-from", f.name,
+                                   "--plot", path]).returncode
+        finally:
+            os.unlink(f.name)
+    tools = {"": ("ckpt", "o", "tab:blue")}
+    for label, p in results.get("peers", {}).items():
+        tools[label] = (p["tool"], "s" if label == "dmtcp" else "^",
+                        "tab:red" if label == "dmtcp" else "tab:green")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    for ax, key, title in ((axes[0], "ckpt_wall_s", "checkpoint (until the image is written)"),
+                           (axes[1], "restart_s", "restart (until the program runs again)")):
+        for label, (tname, marker, color) in tools.items():
+            xs, ys, names = [], [], []
+            for wl, w in s["workloads"].items():
+                base, _, lab = wl.partition("@")
+                if lab != label or not w["ok"] or not w.get(key) or not w["image_bytes"]:
+                    continue
+                xs.append(w["image_bytes"]["median"] / MIB)
+                ys.append(w[key]["median"])
+                names.append(base)
+            if not xs:
+                continue
+            ax.scatter(xs, ys, marker=marker, color=color, label=tname, s=46, zorder=3)
+            for x, y, n in zip(xs, ys, names):
+                ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7,
+                            color=color)
+        if key == "ckpt_wall_s" and s.get("dd"):
+            mib = results["args"]["dd_mib"]
+            ax.scatter([mib], [s["dd"]["median"]], marker="x", color="black",
+                       label="dd (page cache + fsync)", zorder=3)
+            if s.get("dd_direct"):
+                ax.scatter([mib], [s["dd_direct"]["median"]], marker="+", color="black", s=70,
+                           label="dd O_DIRECT", zorder=3)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        fmt = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax.xaxis.set_major_formatter(fmt)
+        ax.yaxis.set_major_formatter(fmt)
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("image size, MiB (median)")
+        ax.set_ylabel("seconds (median)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    m = results["machine"]
+    names = " vs ".join(t[0] for t in tools.values())
+    fig.suptitle(f"{names}, {results['date']}, {m.get('nproc')} vCPU, "
+                 f"{results['args']['runs']} runs", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    print(f"bench.py: plot written to {path}", file=sys.stderr)
+    return 0
 
 
 def markdown(results, s):
@@ -763,8 +1268,9 @@ def markdown(results, s):
     out.append("")
     modes = results["args"]["restart_cache"]
     rcols = " | ".join(f"restart ({m})" for m in modes)
-    out.append(f"| workload | ok/runs | checkpoint | stopped | {rcols} | image | targets |")
-    out.append("|---|---|---|---|" + "---|" * len(modes) + "---|---|")
+    out.append(f"| workload | ok/runs | checkpoint | stopped | {rcols} | image | peak extra memory "
+               f"| targets / notes |")
+    out.append("|---|---|---|---|" + "---|" * len(modes) + "---|---|---|")
     dd = s["dd"]
     for wl, w in s["workloads"].items():
         notes = []
@@ -791,26 +1297,45 @@ def markdown(results, s):
                          ((" ≤ 1.5× ✓" if ratio <= 1.5 else " ≤ 1.5× ✗") if mib == 1024 else ""))
             if s["dd_direct"]:
                 notes.append(f"{w['ckpt_wall_s']['median'] / (s['dd_direct']['median'] * mib / results['args']['dd_mib']):.2f}× dd O_DIRECT")
+        if wl == "mem1g" and w["ok"]:
+            # issue 9: 1 GiB random, against the peers measured in the same rounds
+            pr = s["peers"].get("mem1g", {})
+            for label, key, limit, what in (("criu", "ckpt_ratio", 1.0, "ckpt ≤ CRIU"),
+                                            ("dmtcp", "ckpt_ratio", 0.5, "ckpt ≤ 0.5× DMTCP"),
+                                            ("dmtcp", "restart_ratio", 0.5,
+                                             "restart ≤ 0.5× DMTCP")):
+                st = (pr.get(label) or {}).get(key)
+                if st:
+                    notes.append(f"{what}: {st['median']:.2f}× (per round) "
+                                 + ("✓" if st["median"] <= limit else "✗"))
         img = fmt_bytes(w["image_bytes"]["median"]) if w["image_bytes"] else "–"
         if w["image_alloc_bytes"] and w["image_bytes"] and \
                 abs(w["image_alloc_bytes"]["median"] - w["image_bytes"]["median"]) > MIB:
             img += f" ({fmt_bytes(w['image_alloc_bytes']['median'])} on disk)"
+        base_wl, _, label = wl.partition("@")
+        peer = label in results.get("peers", {})
+        if (base_wl, label) in KNOWN_FAILING and w["ok"] < w["runs"]:
+            notes.append("known to fail: " + KNOWN_FAILING[(base_wl, label)])
+        if w["ok"] < w["runs"] and w["errors"]:
+            notes.append("failed: " + "; ".join(e.splitlines()[0][:160] for e in w["errors"]))
+        stopped = ("= checkpoint" if peer and w["ok"] else fmt_s(w["stopped_s"], ms=True))
         out.append(f"| {wl} | {w['ok']}/{w['runs']} | {fmt_s(w['ckpt_wall_s'])} | "
-                   f"{fmt_s(w['stopped_s'], ms=True)} | "
+                   f"{stopped} | "
                    + " | ".join(fmt_s(w["restart_cache_s"].get(m)) for m in modes)
-                   + f" | {img} | "
+                   + f" | {img} | {fmt_bytes((w['peak_extra_bytes'] or {}).get('median'))} | "
                    f"{'; '.join(notes)} |")
     if dd:
         out.append(f"| dd {fmt_bytes(results['args']['dd_mib'] * MIB)} (zeros, conv=fsync, same fs) | "
                    f"{dd['n']} | {fmt_s(dd)} | |" + " |" * len(modes)
-                   + f" {fmt_bytes(results['args']['dd_mib'] * MIB)} | reference |")
+                   + f" {fmt_bytes(results['args']['dd_mib'] * MIB)} | | reference |")
     ddd = s["dd_direct"]
     if ddd:
         out.append(f"| dd {fmt_bytes(results['args']['dd_mib'] * MIB)} (zeros, O_DIRECT bs=4M, same fs) | "
                    f"{ddd['n']} | {fmt_s(ddd)} | |" + " |" * len(modes)
-                   + f" {fmt_bytes(results['args']['dd_mib'] * MIB)} | "
+                   + f" {fmt_bytes(results['args']['dd_mib'] * MIB)} | | "
                    f"what the disk does without the page cache |")
     out.append("")
+    out.extend(peer_lines(results, s))
     cmp_lines = compare_lines(results, s)
     if cmp_lines:
         out.extend(cmp_lines)
@@ -844,10 +1369,14 @@ def markdown(results, s):
         for x in fails:
             out.append(f"- {x['workload']}: {x.get('error')}" +
                        (f" — `{x['command']}`" if x.get("command") else ""))
-    out.append("")
-    out.append("Peers measured on this VM (peers.md; other runs, so compare ratios loosely): "
-               "tiny DMTCP 0.41 s / 0.21 s / 22 MiB, CRIU 0.043 s / 0.021 s / 0.12 MiB; "
-               "1 GiB random DMTCP 2.47 s / 0.74 s, CRIU 1.05 s / 0.84 s (checkpoint / restart / image).")
+    if not any(p.get("bin") for p in results.get("peers", {}).values()):
+        out.append("")
+        out.append("DMTCP and CRIU were not run (not asked for with --dmtcp-src / --criu-src, "
+                   "or not available, see above): ckpt alone. "
+                   "Peers measured on this VM earlier (peers.md; other runs, so compare loosely): "
+                   "tiny DMTCP 0.41 s / 0.21 s / 22 MiB, CRIU 0.043 s / 0.021 s / 0.12 MiB; "
+                   "1 GiB random DMTCP 2.47 s / 0.74 s, CRIU 1.05 s / 0.84 s "
+                   "(checkpoint / restart / image).")
     return "\n".join(out) + "\n"
 
 
@@ -856,8 +1385,35 @@ def markdown(results, s):
 
 def build_programs(bindir, names):
     for n in sorted(set(names)):
-        src = os.path.join(HERE, "programs", n + ".c")
-        subprocess.run(["cc", "-O2", "-pthread", "-o", os.path.join(bindir, n), src], check=True)
+        src = os.path.join(HERE, "programs", n + ("" if n.endswith(".py") else ".c"))
+        dst = os.path.join(bindir, n)
+        if n.endswith(".py"):
+            shutil.copy2(src, dst)
+        elif n == "mpiring":
+            if not shutil.which("mpicc"):
+                continue  # the workload then fails with "not found"; the others run
+            subprocess.run(["mpicc", "-O2", "-o", dst, src], check=True)
+        else:
+            subprocess.run(["cc", "-O2", "-pthread", "-o", dst, src], check=True)
+
+
+def build_peers(args, say):
+    """{label: {"tool", "bin", "revision"} or {"tool", "error"}} for --dmtcp-src/--criu-src."""
+    out = {}
+    bdir = os.path.abspath(args.peer_build_dir or os.path.join(tempfile.gettempdir(),
+                                                               "ckpt-bench-peers"))
+    for label, cls, src in (("dmtcp", peers.Dmtcp, args.dmtcp_src),
+                            ("criu", peers.Criu, args.criu_src)):
+        if not src:
+            continue
+        try:
+            b, rev = cls.build(src, bdir, say)
+            out[label] = {"tool": cls.name, "bin": b, "revision": rev, "src": os.path.abspath(src)}
+            say(f"{cls.name}: ready ({b}, revision {rev[:12]})")
+        except peers.Unavailable as e:
+            out[label] = {"tool": cls.name, "error": str(e), "src": os.path.abspath(src)}
+            say(f"{cls.name}: NOT AVAILABLE: {e}")
+    return out
 
 
 def main():
@@ -893,10 +1449,30 @@ def main():
                          "its rows are named WORKLOAD@LABEL")
     ap.add_argument("--no-stage", action="store_true",
                     help="run the binaries in place instead of a private copy")
+    ap.add_argument("--dmtcp-src", metavar="DIR",
+                    help="a DMTCP source checkout: build it (once) and run every workload "
+                         "through it too, in the same rounds (rows WORKLOAD@dmtcp)")
+    ap.add_argument("--criu-src", metavar="DIR",
+                    help="a CRIU source checkout: build it (once) and run every workload "
+                         "through it too (needs root; rows WORKLOAD@criu)")
+    ap.add_argument("--peer-build-dir", metavar="DIR",
+                    help="where the peers are built and kept for later runs (default: "
+                         "<temp dir>/ckpt-bench-peers)")
+    ap.add_argument("--plot", metavar="OUT.png",
+                    help="write a plot of checkpoint and restart time against image size "
+                         "(matplotlib)")
+    ap.add_argument("--plot-from", metavar="JSON",
+                    help="only draw --plot from an earlier --json output, run nothing")
     ap.add_argument("--timeout", type=float, default=120, help="per-step timeout, s")
     ap.add_argument("--log", help="CKPT_LOG for the runs (e.g. info)")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoint dirs")
     args = ap.parse_args()
+    if args.plot_from:
+        if not args.plot:
+            sys.exit("bench.py: --plot-from needs --plot OUT.png")
+        with open(args.plot_from) as f:
+            d = json.load(f)
+        return plot(d["results"], d["summary"], args.plot)
     modes = args.restart_cache or ("cold" if args.cold else "asis")
     args.restart_cache = [m.strip() for m in modes.split(",") if m.strip()]
     if not args.restart_cache or any(m not in ("asis", "cold", "hot") for m in args.restart_cache):
@@ -961,14 +1537,34 @@ def main():
         results["builds"] = {(label or "current"): b for label, b in staged}
         results["ckpt_binary"] = ckpt
         build_programs(bindir, [w["program"] for w in wls] + ["tiny", "mem"])
+        say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+        results["peers"] = build_peers(args, say)
+        runners = [(label, bckpt, None) for label, bckpt in staged]
+        for label, pr in results["peers"].items():
+            if pr.get("bin"):
+                runners.append((label, pr["bin"], label))
+        if not results["peers"]:
+            say("no --dmtcp-src / --criu-src given: measuring ckpt alone")
+        ordered = {}  # rows grouped by workload: ckpt, --compare builds, then the peers
+        for w in wls:
+            for label, _, peer in runners:
+                if peer and w.get("incremental"):
+                    continue  # neither peer has incremental checkpoints here (no soft-dirty)
+                ordered[vname(w["name"], label)] = []
+        results["runs"] = ordered
 
         # Interleave: every round runs each workload once, dd once, and one overhead pair.
         for i in range(args.runs):
             for w in wls:
-                for label, bckpt in staged:
+                for label, bckpt, peer in runners:
                     name = vname(w["name"], label)
+                    if name not in results["runs"]:
+                        continue
                     ckdir = os.path.join(base, f"{name.replace('@', '-')}-{i}")
-                    r = one_cycle(reg, bckpt, bindir, w, ckdir, args)
+                    if peer:
+                        r = peer_cycle(reg, peer, bckpt, bindir, w, ckdir, args)
+                    else:
+                        r = one_cycle(reg, bckpt, bindir, w, ckdir, args)
                     r["workload"] = name
                     results["runs"][name].append(r)
                     status = "ok" if r["ok"] else "FAILED: " + r.get("error", "")
@@ -1004,6 +1600,8 @@ def main():
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"results": results, "summary": s}, f, indent=1)
+        if args.plot:
+            plot(results, s, args.plot)
         return 0 if all(r.get("ok") for runs in results["runs"].values() for r in runs) else 1
     except KeyboardInterrupt:
         print("bench.py: interrupted; cleaning up", file=sys.stderr)
