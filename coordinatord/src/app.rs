@@ -81,6 +81,12 @@ pub struct Args {
     /// progress at that time is let finish first; the deadline one follows.
     #[arg(long, value_name = "TIME", value_parser = parse_at)]
     pub checkpoint_at: Option<u64>,
+    /// After a checkpoint that the job's processes asked for because they got SIGTERM
+    /// (CKPT_HOLD_SIGTERM, set by the Slurm plugin), keep the job stopped for DURATION
+    /// before ending it: a batch system that is preempting the job requeues it meanwhile
+    /// (the job must not end by itself first). Default: end it at once.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub term_hold: Option<Duration>,
 }
 
 /// `--checkpoint-at`: Unix seconds, `@` Unix seconds, or `+DURATION` from now.
@@ -454,6 +460,7 @@ fn run_server(
         addresses,
         job_id: var("SLURM_JOB_ID").or_else(|| var("PBS_JOBID")),
         deadline_unix: args.checkpoint_at,
+        term_hold: args.term_hold,
     };
     if let Some(at) = args.checkpoint_at {
         tracing::info!("a checkpoint is scheduled at {at} (Unix seconds)");

@@ -100,6 +100,10 @@ pub struct Config {
     /// One checkpoint at this time (Unix seconds): `--checkpoint-at`, e.g. ahead of a
     /// batch system's time limit.
     pub deadline_unix: Option<u64>,
+    /// `--term-hold`: after a checkpoint that processes asked for because they got SIGTERM,
+    /// keep the job stopped this long before ending it (a batch system that is preempting
+    /// the job requeues it meanwhile; the job must not end by itself first).
+    pub term_hold: Option<Duration>,
 }
 
 impl Config {
@@ -116,6 +120,7 @@ impl Config {
             addresses: vec!["unix:/ckpt/coordinator.sock".into()],
             job_id: None,
             deadline_unix: None,
+            term_hold: None,
         }
     }
 }
@@ -162,6 +167,8 @@ struct Running {
     written_count: usize,
     waiters: Vec<CtlId>,
     kill: bool,
+    /// `kill` came from a process that got SIGTERM (not from a command).
+    kill_by_term: bool,
 }
 
 impl Running {
@@ -181,6 +188,9 @@ pub struct Machine {
     next_interval: Option<Instant>,
     /// The pending deadline checkpoint: (when, Unix seconds).
     deadline: Option<(Instant, u64)>,
+    /// The job is held stopped after a SIGTERM checkpoint until then (`--term-hold`), with
+    /// that checkpoint's summary.
+    held: Option<(Instant, CheckpointSummary)>,
     /// Rendezvous of restarting processes: connection key -> new address.
     rendezvous: BTreeMap<String, String>,
     /// Lookups waiting for their key to be published: (control, key, give up at).
@@ -223,6 +233,7 @@ impl Machine {
             deadline,
             rendezvous: BTreeMap::new(),
             lookups: Vec::new(),
+            held: None,
             started: now,
             ever_joined: false,
             idle_since: now,
@@ -359,9 +370,16 @@ impl Machine {
             }
             Message::RequestCheckpoint { kill } => {
                 tracing::info!("{desc} asks for a checkpoint{}", if kill { " and the end of the job" } else { "" });
-                match self.ckpt.as_mut() {
-                    Some(c) => c.kill |= kill,
-                    None => self.start_checkpoint(now, env, Trigger::Request, None, kill),
+                if self.held.is_some() {
+                    tracing::info!("the job is held after its last checkpoint: nothing to do");
+                    return;
+                }
+                if self.ckpt.is_none() {
+                    self.start_checkpoint(now, env, Trigger::Request, None, kill);
+                }
+                if let Some(c) = self.ckpt.as_mut() {
+                    c.kill |= kill;
+                    c.kill_by_term |= kill;
                 }
                 if let Some(t) = self.term.as_mut() {
                     t.requested = true;
@@ -414,9 +432,21 @@ impl Machine {
         // coordinator must not exit under a restart that is about to use it.
         self.idle_since = now;
         match msg {
-            Message::Checkpoint { kill } => {
-                self.start_checkpoint(now, env, Trigger::Request, Some(ctl), kill)
-            }
+            Message::Checkpoint { kill } => match &self.held {
+                // The job is stopped at its last checkpoint: that is the checkpoint.
+                Some((_, summary)) => {
+                    tracing::info!(
+                        "checkpoint request while the job is held after generation {}: answered with it",
+                        summary.generation
+                    );
+                    env.reply(ctl, Message::CheckpointDone(summary.clone()));
+                    if kill {
+                        self.held = None;
+                        self.terminate_all(env);
+                    }
+                }
+                None => self.start_checkpoint(now, env, Trigger::Request, Some(ctl), kill),
+            },
             Message::GetStatus => {
                 let st = self.status(now);
                 env.reply(ctl, Message::Status(st));
@@ -527,8 +557,17 @@ impl Machine {
                 i += 1;
             }
         }
+        if self.held.as_ref().is_some_and(|(until, _)| now >= *until) {
+            tracing::info!("end of the hold: terminating the job");
+            self.held = None;
+            self.terminate_all(env);
+        }
         if let Some(t) = &self.term {
-            if self.ckpt.is_none() && (t.requested || now >= t.until) && self.exit.is_none() {
+            if self.ckpt.is_none()
+                && self.held.is_none()
+                && (t.requested || now >= t.until)
+                && self.exit.is_none()
+            {
                 self.exit = Some(t.reason.clone());
             }
         }
@@ -617,6 +656,9 @@ impl Machine {
             }
         }
         for (_, _, until) in &self.lookups {
+            consider(*until);
+        }
+        if let Some((until, _)) = &self.held {
             consider(*until);
         }
         if let Some(idle) = self.cfg.exit_when_idle {
@@ -763,6 +805,7 @@ impl Machine {
             written_count: 0,
             waiters: waiter.into_iter().collect(),
             kill,
+            kill_by_term: false,
         });
         self.send_barrier(env);
     }
@@ -858,10 +901,20 @@ impl Machine {
         for w in &c.waiters {
             env.reply(*w, Message::CheckpointDone(summary.clone()));
         }
-        self.last = Some(summary);
-        if c.kill {
-            tracing::info!("terminating the job after the checkpoint (--kill)");
-            self.terminate_all(env);
+        self.last = Some(summary.clone());
+        match (c.kill, c.kill_by_term, self.cfg.term_hold) {
+            (true, true, Some(hold)) if !hold.is_zero() => {
+                tracing::info!(
+                    "holding the job stopped at generation {generation} for {:.0}s before ending it (SIGTERM; a preempting batch system requeues it meanwhile)",
+                    hold.as_secs_f64()
+                );
+                self.held = Some((now + hold, summary));
+            }
+            (true, _, _) => {
+                tracing::info!("terminating the job after the checkpoint (--kill)");
+                self.terminate_all(env);
+            }
+            _ => {}
         }
         self.reschedule(now);
     }
@@ -1495,6 +1548,57 @@ mod tests {
             .exit_reason()
             .unwrap()
             .contains("no process has been connected"));
+    }
+
+    /// With --term-hold, a checkpoint that processes asked for on SIGTERM holds the job
+    /// stopped (no Terminate) for the hold time; a checkpoint command meanwhile is answered
+    /// with that checkpoint; then the job is terminated. A command's --kill is not held.
+    #[test]
+    fn term_hold_keeps_the_job_stopped_until_requeued() {
+        let t0 = Instant::now();
+        let mut cfg = Config::for_tests();
+        cfg.term_hold = Some(Duration::from_secs(15));
+        let mut m = Machine::new(cfg, t0);
+        let mut env = Fake::default();
+        m.process_joined(t0, &mut env, 1, info(1));
+        m.process_joined(t0, &mut env, 2, info(2));
+        env.take_sent();
+        m.process_message(t0, &mut env, 2, Message::RequestCheckpoint { kill: true });
+        run_phases(&mut m, &mut env, t0, 1, &[1, 2]);
+        m.process_message(t0, &mut env, 1, written(1, 1));
+        m.process_message(t0, &mut env, 2, written(1, 2));
+        assert_eq!(env.committed.len(), 1);
+        assert!(env.sent.is_empty(), "held, not terminated: {:?}", env.sent);
+        // the other process's SIGTERM comes later: nothing new
+        m.process_message(t0, &mut env, 1, Message::RequestCheckpoint { kill: true });
+        assert!(!m.busy());
+        // the batch system's agent asks for a checkpoint: it is the held one
+        let t1 = t0 + Duration::from_secs(5);
+        m.control(t1, &mut env, 7, Message::Checkpoint { kill: false });
+        assert!(
+            matches!(&env.replies[..], [(7, Message::CheckpointDone(s))] if s.generation == 1),
+            "{:?}",
+            env.replies
+        );
+        assert_eq!(env.committed.len(), 1, "no new generation while held");
+        m.tick(t0 + Duration::from_secs(14), &mut env);
+        assert!(env.sent.is_empty());
+        m.tick(t0 + Duration::from_secs(15), &mut env);
+        let terms = env
+            .take_sent()
+            .into_iter()
+            .filter(|(_, msg)| matches!(msg, Message::Terminate))
+            .count();
+        assert_eq!(terms, 2, "terminated at the end of the hold");
+        // a command's --kill terminates at once
+        let (mut m, mut env, t) = setup(1);
+        m.control(t, &mut env, 3, Message::Checkpoint { kill: true });
+        run_phases(&mut m, &mut env, t, 1, &[1]);
+        m.process_message(t, &mut env, 1, written(1, 1));
+        assert!(env
+            .sent
+            .iter()
+            .any(|(_, msg)| matches!(msg, Message::Terminate)));
     }
 
     #[test]

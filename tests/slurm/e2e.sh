@@ -23,6 +23,8 @@
 #   s. a batch script running two srun steps, requeued (ckpt-slurm requeue) during the second: the script
 #      is restored (not rerun), srun is executed again and its new step restores the old step's tasks
 #      by rank; the first step is not rerun; the script goes on with srun's status
+#   p. a 2-node batch job whose srun step spans both nodes, preempted: checkpointed in the grace period
+#      (the tasks' SIGTERM holds the job stopped until the agent requeued it), restored on 2 nodes
 #   w. walltime: a job with --time=2 is checkpointed walltime_margin before its limit, requeued
 #      and restored (CKPT_E2E_WALLTIME=0 skips it)
 #   and after every job: no ckpt-coordinatord / ckpt-slurm agent outlives its job.
@@ -470,3 +472,40 @@ done
 check "(s) the script went on after step B with srun's status 0" grep -q '^step B done rc=0$' "$SOUT"
 grep -v ': tick \|^tick ' "$SOUT" | sed 's/^/#      steps: /' | head -30
 check "(s) no coordinator outlives job $JB" no_leftovers "$JB"
+
+# --- (p) a 2-node batch job whose srun step spans both nodes, preempted: the whole job is
+# checkpointed in the grace period (the task on node2 over TCP), requeued, and continues on 2 nodes
+PT=1200
+cat >"$WORK/steps2.sh" <<EOF
+#!/bin/bash
+echo "run restart=\${SLURM_RESTART_COUNT:-0}"
+srun -N2 -n2 -l $WORK/counter $PT
+echo "step done rc=\$?"
+EOF
+chmod 755 "$WORK/steps2.sh"
+out=$(as_user sbatch -p low -N2 --exclusive --checkpoint-dmtcp --open-mode=append -o p2-%j.out "$WORK/steps2.sh" 2>&1)
+JP=$(submitted "$out"); JOBS+=("$JP")
+POUT=$WORK/p2-$JP.out
+PDIR=$INST/ckpt/$TUSER/$JP
+deadline=$((SECONDS + 90))
+until [[ $(grep -c ': tick 100$' "$POUT" 2>/dev/null) == 2 ]] || (( SECONDS > deadline )); do sleep 0.2; done
+ranks_at() { as_user "$INST/bin/ckpt" status --ckpt-dir "$1" --json 2>/dev/null |
+    python3 -c 'import json,sys; print(" ".join(sorted("%s@%s" % (p["info"].get("rank"), p["info"]["host"]) for p in json.load(sys.stdin)["processes"] if p["info"].get("rank") is not None and p["info"].get("step") not in (None, "batch"))))'; }
+h=$(ranks_at "$PDIR")
+check "(p) 2-node job $JP: its step's tasks run on both nodes ($h)" test "$h" == "0@${NODES[0]} 1@${NODES[1]}"
+t=$(now)
+out=$(as_user sbatch -p high -N1 -w "${NODES[0]}" --exclusive -o high2-%j.out --wrap 'sleep 5' 2>&1)
+JH2=$(submitted "$out"); JOBS+=("$JH2")
+st=$(wait_done "$JP" 300)
+figure "2-node preemption: high submitted -> the low job completed after its restore: $(since "$t") s"
+check "(p) the preempted 2-node job completed after a restore ($st, Restarts=$(jobfield "$JP" Restarts))" \
+    test "$st" == COMPLETED -a "$(jobfield "$JP" Restarts)" == 1
+check "(p) the checkpoint was taken on preemption (agent log)" grep -q 'preemption: checkpoint generation [0-9]* committed' "$PDIR/ckpt-slurm.log"
+check "(p) the script was restored, not rerun" test "$(grep -c '^run restart=' "$POUT")" == 1
+for r in 0 1; do
+    res=$(verify_restored "$POUT" "$PT" "$r: "); info "rank $r: $(tr '\n' ';' <<<"$res")"
+    check "(p) rank $r continued from its checkpoint: first tick > 1, consecutive to $PT, PASS" quiet verify_restored "$POUT" "$PT" "$r: "
+done
+check "(p) the script went on after the step with status 0" grep -q '^step done rc=0$' "$POUT"
+grep -v ': tick ' "$POUT" | sed 's/^/#      p2: /' | head -30
+check "(p) no coordinator outlives job $JP" no_leftovers "$JP"

@@ -438,6 +438,13 @@ fn agent(args: &[String]) -> ExitCode {
     if let Some(l) = &listen {
         cmd.arg("--listen").arg(l);
     }
+    // A preempted job's tasks get SIGTERM when the grace period begins, often before this
+    // agent's next poll sees the preemption: they ask for a checkpoint, and the job must
+    // then stay stopped (not end, which would end the job unrequeued) until this agent has
+    // seen the preemption and requeued it.
+    let hold = poll + Duration::from_secs(5);
+    cmd.arg("--term-hold")
+        .arg(format!("{}ms", hold.as_millis()));
     cmd.stdin(Stdio::null()).env_remove("LD_PRELOAD");
     // SAFETY: die_with_parent only calls prctl, which is async-signal-safe.
     unsafe {
