@@ -319,6 +319,24 @@ fn print_image(p: &InspectedImage) {
                 None,
             ),
             FdKind::SignalFd { mask } => ("signalfd", format!("mask {mask:#x}"), None),
+            FdKind::Pty {
+                index,
+                master,
+                state,
+            } => (
+                if *master { "pty master" } else { "pty slave" },
+                match state {
+                    Some(s) => format!(
+                        "pair {index}: {}x{}, {} byte(s) to the slave, {} byte(s) to the master",
+                        s.winsize[0],
+                        s.winsize[1],
+                        s.to_slave.len() / 2,
+                        s.to_master.len() / 2
+                    ),
+                    None => format!("pair {index}"),
+                },
+                None,
+            ),
             FdKind::Epoll { targets } => (
                 "epoll",
                 targets

@@ -137,6 +137,7 @@ fn sample_meta() -> ProcessMeta {
             mm: MmFields::default(),
             auxv: vec![(6, 4096)],
         },
+        terminal: None,
         entry: Entry {
             rip: 0x40_1234,
             ..Entry::default()
@@ -627,7 +628,7 @@ fn future_versions() {
     // A newer meta_version.
     let q = d.path().join("meta2.img");
     let mut v = serde_json::to_value(sample_meta()).unwrap();
-    v["meta_version"] = 2.into();
+    v["meta_version"] = (META_VERSION + 1).into();
     v["something_new"] = "x".into();
     let mut w = ImageWriter::create(&q).unwrap();
     w.add_section(SectionKind::Meta, &serde_json::to_vec(&v).unwrap())

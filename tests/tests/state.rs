@@ -42,3 +42,4 @@ state!(memfd, ["{work}/memfd"], ["12", "{work}/memfd"]);
 state!(locks, ["{work}/locks"], ["12", "{work}/locks"]);
 state!(timers, [], ["12"]);
 state!(attrs, [], ["12"]);
+state!(pty, [], ["12"]);
