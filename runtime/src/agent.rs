@@ -1102,8 +1102,8 @@ fn post_restart() -> Result<(), String> {
             let _ = std::fs::write(format!("/proc/self/task/{t}/comm"), &s.name[..end]);
         }
     }
-    // Signals that were pending come back pending (values of queued real-time signals
-    // are not kept yet).
+    // Signals still pending by number only (the rest, with their siginfo, are queued back
+    // by `signals::put_back` and `threads::resume_all`).
     for sig in 1..=64u64 {
         if st.shared_pending & (1 << (sig - 1)) != 0 {
             // SAFETY: signalling our own process.

@@ -43,3 +43,4 @@ state!(locks, ["{work}/locks"], ["12", "{work}/locks"]);
 state!(timers, [], ["12"]);
 state!(attrs, [], ["12"]);
 state!(pty, [], ["12"]);
+state!(threadsigs, [], ["12"]);
