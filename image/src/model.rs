@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 /// Version of the `ProcessMeta` schema inside the META section.
 /// 2: pseudo-terminal pairs (`FdKind::Pty`) and the process's terminal (`terminal`).
 pub const META_VERSION: u32 = 2;
+/// The oldest `meta_version` still read (later versions only add fields that default).
+pub const META_VERSION_OLDEST: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessMeta {
