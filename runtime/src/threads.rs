@@ -39,10 +39,9 @@ pub struct Slot {
     /// Signals pending for this thread alone at the snapshot (bit n-1 = signal n) that
     /// were not taken with their siginfo (more than THREAD_SIGS, or arrived later).
     pub pending: u64,
-    /// Signals pending for this thread alone, taken with their siginfo by the thread itself
-    /// when it parked (queued real-time signals keep every instance and value); queued to
-    /// the same thread again before it runs on (after the snapshot, or after a restore).
-    pub sigs: [[u64; 16]; THREAD_SIGS],
+    /// How many signals pending for this thread alone it took with their siginfo when it
+    /// parked (kept in `SIGINFOS`, at this slot's index); it queues them to itself again
+    /// when released (after the snapshot, or after a restore).
     pub nsigs: u32,
     /// PR_SET_PDEATHSIG of this thread (per thread in Linux).
     pub pdeathsig: i32,
@@ -84,12 +83,25 @@ const EMPTY: Slot = Slot {
     sc_pc: 0,
     name: [0; 16],
     pending: 0,
-    sigs: [[0; 16]; THREAD_SIGS],
     nsigs: 0,
     pdeathsig: 0,
 };
 
 pub static SLOTS: Slots = Slots(UnsafeCell::new([EMPTY; MAX_THREADS]));
+
+/// The siginfos of `Slot::nsigs`, per slot index. All zero at start, so it lives in .bss:
+/// only the pages of threads that had signals pending are ever touched and saved.
+struct SigInfos(UnsafeCell<[[[u64; 16]; THREAD_SIGS]; MAX_THREADS]>);
+// SAFETY: an entry is used only by the thread owning the slot of the same index.
+unsafe impl Sync for SigInfos {}
+static SIGINFOS: SigInfos = SigInfos(UnsafeCell::new([[[0; 16]; THREAD_SIGS]; MAX_THREADS]));
+
+fn siginfos_of(slot: &Slot) -> &'static mut [[u64; 16]; THREAD_SIGS] {
+    let base = SLOTS.0.get() as usize;
+    let idx = (slot as *const Slot as usize - base) / std::mem::size_of::<Slot>();
+    // SAFETY: idx < MAX_THREADS (slot is an element of SLOTS); see `SigInfos`.
+    unsafe { &mut (*SIGINFOS.0.get())[idx.min(MAX_THREADS - 1)] }
+}
 /// 0 while parked threads must stay parked; 1 lets them go.
 pub static RELEASE: AtomicU32 = AtomicU32::new(1);
 /// Bumped (and woken) whenever a thread parks or reports restored.
@@ -290,7 +302,7 @@ fn take_own_signals(slot: &mut Slot) {
                 break;
             }
             crate::signals::virtualize_sender(&mut info);
-            slot.sigs[slot.nsigs as usize] = info;
+            siginfos_of(slot)[slot.nsigs as usize] = info;
             slot.nsigs += 1;
             mask = private_pending();
         }
@@ -302,8 +314,8 @@ fn take_own_signals(slot: &mut Slot) {
 fn put_back_own_signals(slot: &mut Slot) {
     let pid = sys::getpid_real();
     let tid = sys::gettid();
-    for k in 0..(slot.nsigs as usize).min(THREAD_SIGS) {
-        let info = slot.sigs[k];
+    let store = siginfos_of(slot);
+    for info in store.iter().take((slot.nsigs as usize).min(THREAD_SIGS)) {
         let sig = (info[0] & 0xffff_ffff) as i32;
         // SAFETY: rt_tgsigqueueinfo to a thread of our own process with the recorded siginfo.
         let r = unsafe {

@@ -299,7 +299,6 @@ pub fn drain(fds: &mut [FdMeta]) -> Result<(), String> {
                 libc::ioctl(fd, libc::TIOCPKT, &0i32);
             }
         }
-        let to_master = read_all(fd);
         // Only a slave some process of the job holds is opened: opening and closing one
         // nobody holds would hang the pair up.
         let slave = if !st.locked && crate::tree::pty_slave_in_job(index) {
@@ -307,6 +306,12 @@ pub fn drain(fds: &mut [FdMeta]) -> Result<(), String> {
         } else {
             -1
         };
+        if slave >= 0 {
+            // Input still in the kernel's buffers goes through the line discipline now,
+            // with the program's modes: its echo reaches the master before it is drained.
+            settle(slave);
+        }
+        let to_master = read_all(fd);
         let mut to_slave = Vec::new();
         if slave >= 0 {
             let mut raw = termios.clone();
@@ -393,26 +398,33 @@ pub fn put_back(m: i32, s: i32, st: &PtyState) -> Result<(), String> {
             | libc::ISIG
             | libc::IEXTEN
             | libc::TOSTOP);
-        if t.lflag & libc::ICANON != 0 {
-            // Special characters become one byte the data does not hold ('\n' still ends
-            // a line). Not NUL: the kernel does not treat 0 as "disabled" here.
-            let unused = (1u8..=255)
-                .find(|b| *b != b'\n' && !to_slave.contains(b))
-                .unwrap_or(0xff);
-            for k in [
-                libc::VERASE,
-                libc::VKILL,
-                libc::VEOF,
-                libc::VEOL,
-                libc::VEOL2,
-            ] {
+        let canonical = t.lflag & libc::ICANON != 0;
+        // In canonical mode an end-of-file (Ctrl-D) waits in the queue as a NUL byte that
+        // ends a "line": it is written back as the EOF character, so it is one again.
+        let mut data = to_slave.clone();
+        if canonical {
+            // Special characters become bytes the data does not hold ('\n' still ends a
+            // line): one for EOF, another for erase/kill/EOL. Not NUL: the kernel does not
+            // treat 0 as "disabled" here.
+            let mut free = (1u8..=255).filter(|b| *b != b'\n' && !to_slave.contains(b));
+            let eof = free.next().unwrap_or(0xfe);
+            let other = free.next().unwrap_or(0xff);
+            for k in [libc::VERASE, libc::VKILL, libc::VEOL, libc::VEOL2] {
                 if k < t.cc.len() {
-                    t.cc[k] = unused;
+                    t.cc[k] = other;
+                }
+            }
+            if libc::VEOF < t.cc.len() {
+                t.cc[libc::VEOF] = eof;
+            }
+            for b in data.iter_mut() {
+                if *b == 0 {
+                    *b = eof;
                 }
             }
         }
         set_termios(s, &t)?;
-        let r = write_all(m, &to_slave).and_then(|_| {
+        let r = write_all(m, &data).and_then(|_| {
             settle(s);
             write_all(s, &to_master)
         });
@@ -667,6 +679,7 @@ mod tests {
         t.cc[libc::VINTR] = 7;
         set_termios(s, &t).unwrap();
         write_all(m, b"first line\npart").unwrap();
+        settle(s); // the echo comes first
         write_all(s, b"out\n").unwrap();
         settle(s);
         settle(m);
@@ -709,6 +722,26 @@ mod tests {
         assert!(n < 0, "the partial line must stay partial");
         assert_eq!(read_all(m3), b"out\r\n");
         assert_eq!(get_termios(s3).unwrap(), t);
+        // An end-of-file in a canonical queue (drained as NUL) is one again.
+        let (m4, s4) = openpty();
+        let st4 = PtyState {
+            termios: t.clone(),
+            to_slave: hex(b"ab\0"),
+            ..PtyState::default()
+        };
+        put_back(m4, s4, &st4).unwrap();
+        fl(s4);
+        // SAFETY: as above.
+        let n = unsafe { libc::read(s4, buf.as_mut_ptr() as *mut libc::c_void, 256) };
+        assert_eq!(&buf[..n.max(0) as usize], b"ab", "EOF ends the line");
+        // SAFETY: as above.
+        let n = unsafe { libc::read(s4, buf.as_mut_ptr() as *mut libc::c_void, 256) };
+        assert!(n < 0, "nothing after the EOF");
+        // SAFETY: closing test fds.
+        unsafe {
+            libc::close(m4);
+            libc::close(s4);
+        }
         // The partial line completes with what the master writes next.
         write_all(m3, b"ial\n").unwrap();
         settle(s3);
