@@ -122,7 +122,44 @@ pub fn run(dir: &Path, generation: Option<u64>, which: Which) -> anyhow::Result<
         .collect::<Vec<_>>());
     info["ptys"] = ptys_json(&pty_pairs(&[&img])?);
     let prepared = prepare(&img, &info, &shared)?;
+    take_group(&img.meta);
     exec_restorer(prepared.plan_fd)
+}
+
+/// A job on a terminal whose root led its own process group (a job-control shell, or a
+/// program such a shell started) leads one again: the restarting command (when it is not
+/// a group leader already, e.g. run by `sh -c` or as a tmux command) moves into a new group
+/// and, if its group had the terminal's foreground, takes the foreground with it. So the
+/// root keeps its pgid (as a virtual id) and a shell in the job can hand the terminal to
+/// its jobs and take it back. Without a terminal nothing changes (a batch system may track
+/// its tasks by process group).
+fn take_group(meta: &ProcessMeta) {
+    if meta.pgid != meta.vpid {
+        return;
+    }
+    // SAFETY: plain queries and job-control calls on our own process and terminal; the
+    // signal mask is put back before returning.
+    unsafe {
+        let me = libc::getpid();
+        if libc::getpgrp() == me || libc::getsid(0) == me {
+            return;
+        }
+        let Some(tty) = (0..=2).find(|&fd| libc::isatty(fd) == 1) else {
+            return;
+        };
+        let foreground = libc::tcgetpgrp(tty) == libc::getpgrp();
+        if libc::setpgid(0, 0) != 0 || !foreground {
+            return;
+        }
+        // Now in a background group: SIGTTOU must not stop us while taking the terminal.
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTTOU);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
+        libc::tcsetpgrp(tty, me);
+        libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    }
 }
 
 /// A new pseudo-terminal pair for every pty of the generation (by index at checkpoint),
@@ -664,6 +701,7 @@ fn restore_tree(
     // Fork the tree: each process forks its children (in the order they were born, vpid
     // order), then becomes its own restored self.
     let mut me = root;
+    take_group(&imgs[root].meta);
     let mut queue: Vec<usize> = Vec::new();
     loop {
         record_in_area(area, me, imgs[me].meta.vpid);

@@ -4,7 +4,10 @@
 use ckpt_image::{FdKind, FdMeta};
 use std::ffi::CString;
 
+/// Devices reopened by path. `/dev/tty` is the controlling terminal: after a restart, the
+/// restarting command's (bash keeps one open as fd 255).
 const DEVICES: &[&str] = &[
+    "/dev/tty",
     "/dev/null",
     "/dev/zero",
     "/dev/full",
@@ -197,7 +200,7 @@ fn classify(fd: i32, fl: i32, cloexec: bool, skip: &[i32]) -> Result<Option<FdMe
         let what = if link.ends_with(" (deleted)") {
             "a deleted file that is not a regular file"
         } else if fmt == libc::S_IFCHR {
-            "a character device other than null/zero/full/random/urandom or a pseudo-terminal"
+            "a character device other than tty/null/zero/full/random/urandom or a pseudo-terminal"
         } else {
             "a kind of file not supported yet"
         };

@@ -3,8 +3,10 @@
 //! (send-keys), are checkpointed with --kill and restarted in a NEW tmux session of another
 //! size. The restored program must redraw by itself for the new window size (SIGWINCH
 //! delivered, size read from the new terminal), keep its state, and still be in raw mode
-//! (a key acts without Enter: its termios were applied to the new terminal). Plus: the
-//! pty pair of tests/programs/pty.c really has bytes in flight both ways in its image.
+//! (a key acts without Enter: its termios were applied to the new terminal). An
+//! interactive bash with the program as its foreground job gets the terminal back for
+//! that job. Plus: the pty pair of tests/programs/pty.c really has bytes in flight both
+//! ways in its image.
 //!
 //! Each test runs its own tmux server on a private socket in the sandbox and kills it at
 //! the end, pass or fail.
@@ -47,10 +49,19 @@ impl Tmux {
     /// A new detached session `name` of `cols`x`rows` running `command` through sh; when
     /// the command ends the pane says so and stays (for the failure report).
     fn session(&self, name: &str, cols: u32, rows: u32, command: &str) {
-        let wrapped = format!(
-            "{command} 2>>{}; echo \"EXITED $?\"; sleep 600",
-            self.log.display()
-        );
+        self.session_opts(name, cols, rows, command, true)
+    }
+
+    /// `log_stderr`: stderr goes to the log file (the runtime's messages), not the pane.
+    fn session_opts(&self, name: &str, cols: u32, rows: u32, command: &str, log_stderr: bool) {
+        let wrapped = if log_stderr {
+            format!(
+                "{command} 2>>{}; echo \"EXITED $?\"; sleep 600",
+                self.log.display()
+            )
+        } else {
+            format!("{command}; echo \"EXITED $?\"; sleep 600")
+        };
         let o = self.cmd(&[
             "new-session",
             "-d",
@@ -284,6 +295,84 @@ fn python_repl_keeps_its_variables_in_a_new_tmux_session() {
     tmux.wait_for("p1", "the new terminal's width", |s| s.contains("cols 110"));
     tmux.keys("p1", &["exit()", "Enter"]);
     tmux.wait_for("p1", "python to exit", |s| s.contains("EXITED 0"));
+}
+
+/// A job-control shell as the job: an interactive bash (which keeps /dev/tty open as fd
+/// 255) runs the full-screen program as its foreground job, in a process group of its own.
+/// After a restart in a new, larger tmux session that group is the terminal's foreground
+/// group again (it gets the SIGWINCH and reads keys), and when it ends, bash takes the
+/// terminal back and runs commands.
+#[test]
+fn job_control_shell_gives_the_terminal_back_to_its_foreground_job() {
+    let sb = Sandbox::new("tmux-bash");
+    let tmux = Tmux::new(&sb);
+    let ckpt = sb.bin.join("ckpt");
+    let prog = programs().path("screen");
+    let dir = sb.ckpt_dir();
+    // bash prompts on stderr: it stays on the pane.
+    tmux.session_opts(
+        "b0",
+        80,
+        24,
+        &format!(
+            "cd {} && PS1='bash> ' {} launch --ckpt-dir {} -- bash --norc --noprofile -i",
+            q(&sb.work_dir()),
+            q(&ckpt),
+            q(&dir)
+        ),
+        false,
+    );
+    tmux.wait_for("b0", "the bash prompt", |s| s.contains("bash>"));
+    tmux.keys("b0", &[&q(&prog), "Enter"]);
+    let (rows, cols) = tmux.pane_size("b0");
+    tmux.wait_for("b0", "the program's first screen", |s| {
+        screen_state(s).is_some_and(|(r, c, n, _)| r == rows && c == cols && n == 0)
+    });
+    tmux.keys("b0", &["a", "a"]);
+    tmux.wait_for("b0", "COUNT 2", |s| {
+        screen_state(s).is_some_and(|(_, _, n, _)| n == 2)
+    });
+    let ck = sb.checkpoint(true);
+    assert!(
+        ck.success(),
+        "checkpoint failed:\n{}\nscreen:\n{}",
+        ck.report(),
+        tmux.capture("b0")
+    );
+    tmux.wait_for("b0", "the job to end after checkpoint --kill", |s| {
+        s.contains("EXITED")
+    });
+    tmux.session_opts(
+        "b1",
+        96,
+        31,
+        &format!(
+            "cd {} && {} restart {}",
+            q(&sb.work_dir()),
+            q(&ckpt),
+            q(&dir)
+        ),
+        false,
+    );
+    let (rows2, cols2) = tmux.pane_size("b1");
+    assert_ne!((rows2, cols2), (rows, cols));
+    tmux.wait_for("b1", "the foreground job's redraw for the new size", |s| {
+        screen_state(s).is_some_and(|(r, c, n, _)| r == rows2 && c == cols2 && n == 2)
+    });
+    tmux.keys("b1", &["a"]);
+    tmux.wait_for(
+        "b1",
+        "COUNT 3 (the foreground job reads the terminal)",
+        |s| screen_state(s).is_some_and(|(_, _, n, _)| n == 3),
+    );
+    tmux.keys("b1", &["q"]);
+    tmux.wait_for("b1", "bash's prompt after the job ended", |s| {
+        s.contains("bash>")
+    });
+    tmux.keys("b1", &["echo shell-$((6*7))", "Enter"]);
+    tmux.wait_for("b1", "bash to run a command", |s| s.contains("shell-42"));
+    tmux.keys("b1", &["exit", "Enter"]);
+    tmux.wait_for("b1", "bash to exit", |s| s.contains("EXITED 0"));
 }
 
 /// The pty pair of tests/programs/pty.c holds bytes both ways at a checkpoint (so the
