@@ -409,5 +409,14 @@ fn pty_pair_image_holds_bytes_in_flight_both_ways() {
     );
     assert!(line.contains("33x77"), "{line}");
     println!("{}", line.trim());
+    // The job ran on: the drained bytes went back into the live pair, each once (the
+    // program checks every message and reply in order).
+    let now = job.max_tick().unwrap_or(0);
+    job.wait_tick(now + 15, START_TIMEOUT).unwrap_or_else(|e| {
+        panic!(
+            "pty did not go on after the checkpoint: {e}\n{}",
+            job.transcript(20)
+        )
+    });
     assert!(job.first_fail().is_none(), "{}", job.transcript(20));
 }
