@@ -268,6 +268,25 @@ fn print_image(p: &InspectedImage) {
         fmt::size(p.stored_bytes),
         p.page_runs
     );
+    if let Some(t) = &m.terminal {
+        println!(
+            "  terminal: controlling terminal {}, foreground group {}{}",
+            match t.ctty_pty {
+                Some(i) => format!("pty pair {i} of the job"),
+                None => "the restarting command's (if any)".into(),
+            },
+            if t.foreground > 0 {
+                t.foreground.to_string()
+            } else {
+                "none".into()
+            },
+            if t.stdio.is_some() {
+                "; modes of the stdio terminal saved"
+            } else {
+                ""
+            }
+        );
+    }
     println!("  files: {}", m.files.len());
     if !m.files.is_empty() {
         println!(
