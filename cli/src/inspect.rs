@@ -272,6 +272,25 @@ fn print_image(p: &InspectedImage) {
         fmt::size(p.stored_bytes),
         p.page_runs
     );
+    if let Some(t) = &m.terminal {
+        println!(
+            "  terminal: controlling terminal {}, foreground group {}{}",
+            match t.ctty_pty {
+                Some(i) => format!("pty pair {i} of the job"),
+                None => "the restarting command's (if any)".into(),
+            },
+            if t.foreground > 0 {
+                t.foreground.to_string()
+            } else {
+                "none".into()
+            },
+            if t.stdio.is_some() {
+                "; modes of the stdio terminal saved"
+            } else {
+                ""
+            }
+        );
+    }
     println!("  files: {}", m.files.len());
     if !m.files.is_empty() {
         println!(
@@ -323,6 +342,24 @@ fn print_image(p: &InspectedImage) {
                 None,
             ),
             FdKind::SignalFd { mask } => ("signalfd", format!("mask {mask:#x}"), None),
+            FdKind::Pty {
+                index,
+                master,
+                state,
+            } => (
+                if *master { "pty master" } else { "pty slave" },
+                match state {
+                    Some(s) => format!(
+                        "pair {index}: {}x{}, {} byte(s) to the slave, {} byte(s) to the master",
+                        s.winsize[0],
+                        s.winsize[1],
+                        s.to_slave.len() / 2,
+                        s.to_master.len() / 2
+                    ),
+                    None => format!("pair {index}"),
+                },
+                None,
+            ),
             FdKind::Epoll { targets } => (
                 "epoll",
                 targets

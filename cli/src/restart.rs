@@ -147,8 +147,147 @@ pub fn run(
         .iter()
         .map(|(i, fd)| serde_json::json!({"inode": i, "fd": fd}))
         .collect::<Vec<_>>());
+    info["ptys"] = ptys_json(&pty_pairs(&[&img])?);
     let prepared = prepare(&img, &info, &shared)?;
+    take_group(&img.meta);
     exec_restorer(prepared.plan_fd)
+}
+
+/// A job on a terminal whose root led its own process group (a job-control shell, or a
+/// program such a shell started) leads one again: the restarting command (when it is not
+/// a group leader already, e.g. run by `sh -c` or as a tmux command) moves into a new group
+/// and, if its group had the terminal's foreground, takes the foreground with it. So the
+/// root keeps its pgid (as a virtual id) and a shell in the job can hand the terminal to
+/// its jobs and take it back. Without a terminal nothing changes (a batch system may track
+/// its tasks by process group).
+fn take_group(meta: &ProcessMeta) {
+    if meta.pgid != meta.vpid {
+        return;
+    }
+    // SAFETY: plain queries and job-control calls on our own process and terminal; the
+    // signal mask is put back before returning.
+    unsafe {
+        let me = libc::getpid();
+        if libc::getpgrp() == me || libc::getsid(0) == me {
+            return;
+        }
+        let Some(tty) = (0..=2).find(|&fd| libc::isatty(fd) == 1) else {
+            return;
+        };
+        let foreground = libc::tcgetpgrp(tty) == libc::getpgrp();
+        if libc::setpgid(0, 0) != 0 || !foreground {
+            return;
+        }
+        // Now in a background group: SIGTTOU must not stop us while taking the terminal.
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTTOU);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
+        libc::tcsetpgrp(tty, me);
+        libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    }
+}
+
+/// A new pseudo-terminal pair for every pty of the generation (by index at checkpoint),
+/// with the slave's termios and the window size the pair had; the bytes in flight are put
+/// back by the process that drained them. Returns (index, master fd, slave fd), inherited
+/// by every process of the tree (which keeps dups where it had the pair).
+fn pty_pairs(imgs: &[&Loaded]) -> anyhow::Result<Vec<(u32, RawFd, RawFd)>> {
+    let mut out: Vec<(u32, RawFd, RawFd)> = Vec::new();
+    for l in imgs {
+        for f in &l.meta.files {
+            let FdKind::Pty { index, .. } = f.kind else {
+                continue;
+            };
+            if out.iter().any(|(i, _, _)| *i == index) {
+                continue;
+            }
+            let state = imgs
+                .iter()
+                .flat_map(|o| o.meta.files.iter())
+                .find_map(|g| match &g.kind {
+                    FdKind::Pty {
+                        index: i,
+                        state: Some(st),
+                        ..
+                    } if *i == index => Some(st.clone()),
+                    _ => None,
+                });
+            // SAFETY: opening a new pair (no O_CLOEXEC: inherited across exec).
+            let m = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY) };
+            // SAFETY: unlocking our own new master.
+            if m < 0 || unsafe { libc::grantpt(m) } != 0 || unsafe { libc::unlockpt(m) } != 0 {
+                bail!(
+                    "creating a pseudo-terminal for pty {index}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            // SAFETY: TIOCGPTPEER (Linux 4.13+) opens the slave of our master.
+            let mut s = unsafe { libc::ioctl(m, 0x5441, libc::O_RDWR | libc::O_NOCTTY) };
+            if s < 0 {
+                let mut name = [0 as libc::c_char; 64];
+                // SAFETY: ptsname_r into a local buffer, then open of that NUL-terminated path.
+                unsafe {
+                    if libc::ptsname_r(m, name.as_mut_ptr(), name.len()) == 0 {
+                        s = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+                    }
+                }
+            }
+            if s < 0 {
+                bail!(
+                    "opening the slave of a new pseudo-terminal: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            // SAFETY: wrapping our new fds to move them high.
+            let (m, s) = unsafe {
+                (
+                    high(std::fs::File::from_raw_fd(m))?,
+                    high(std::fs::File::from_raw_fd(s))?,
+                )
+            };
+            if let Some(st) = state {
+                // SAFETY: a zeroed termios filled from the image, set on our new slave;
+                // the window size on our master.
+                unsafe {
+                    let mut t: libc::termios = std::mem::zeroed();
+                    t.c_iflag = st.termios.iflag;
+                    t.c_oflag = st.termios.oflag;
+                    t.c_cflag = st.termios.cflag;
+                    t.c_lflag = st.termios.lflag;
+                    t.c_line = st.termios.line;
+                    for (d, c) in t.c_cc.iter_mut().zip(st.termios.cc.iter()) {
+                        *d = *c;
+                    }
+                    t.c_ispeed = t.c_cflag & libc::CBAUD;
+                    t.c_ospeed = t.c_cflag & libc::CBAUD;
+                    if libc::tcsetattr(s, libc::TCSANOW, &t) != 0 {
+                        bail!(
+                            "setting the modes of the new pty for pty {index}: {}",
+                            std::io::Error::last_os_error()
+                        );
+                    }
+                    let w = libc::winsize {
+                        ws_row: st.winsize[0],
+                        ws_col: st.winsize[1],
+                        ws_xpixel: st.winsize[2],
+                        ws_ypixel: st.winsize[3],
+                    };
+                    libc::ioctl(m, libc::TIOCSWINSZ, &w);
+                }
+            }
+            out.push((index, m, s));
+        }
+    }
+    Ok(out)
+}
+
+fn ptys_json(p: &[(u32, RawFd, RawFd)]) -> serde_json::Value {
+    serde_json::json!(p
+        .iter()
+        .map(|(i, m, s)| serde_json::json!({"index": i, "master_fd": m, "slave_fd": s}))
+        .collect::<Vec<_>>())
 }
 
 /// One validated image, ready to be planned.
@@ -685,6 +824,7 @@ fn restore_tree(
     let refs: Vec<&Loaded> = imgs.iter().collect();
     let shared_mem = shared_objects(&refs)?;
     let socks = connected_sockets(&refs, dir, gen.number, &socket)?;
+    let ptys = ptys_json(&pty_pairs(&refs)?);
     let socks_json: Vec<serde_json::Value> = socks
         .iter()
         .map(|(i, fd)| serde_json::json!({"inode": i, "fd": fd}))
@@ -703,12 +843,14 @@ fn restore_tree(
             "area_index": node_index,
             "pipes": pipes_json,
             "sockets": socks_json,
+            "ptys": ptys,
         });
         prepared.push(prepare(l, &info, &shared_mem)?);
     }
     // Fork the tree: each process forks its children (in the order they were born, vpid
     // order), then becomes its own restored self.
     let mut me = root_node;
+    take_group(&imgs[root].meta);
     let mut queue: Vec<usize> = Vec::new();
     loop {
         record_in_area(area, me, nodes[me].vpid);
@@ -1102,6 +1244,7 @@ fn check_files(meta: &ProcessMeta, img: &Path) -> anyhow::Result<()> {
             | FdKind::SignalFd { .. }
             | FdKind::Epoll { .. }
             | FdKind::Memfd { .. }
+            | FdKind::Pty { .. }
             | FdKind::Deleted { .. } => {}
         }
     }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{ImageError, IoCtx};
-use crate::model::{PageRun, ProcessMeta, META_VERSION};
+use crate::model::{PageRun, ProcessMeta, META_VERSION, META_VERSION_OLDEST};
 
 /// First 8 bytes of every image.
 pub const FILE_MAGIC: [u8; 8] = *b"CKPTIMG\0";
@@ -1586,7 +1586,8 @@ impl ImageReader {
         Ok(buf)
     }
 
-    /// The process metadata (CRC-checked; `meta_version` must be [`META_VERSION`]).
+    /// The process metadata (CRC-checked; `meta_version` from [`META_VERSION_OLDEST`] to
+    /// [`META_VERSION`]).
     pub fn meta(&self) -> Result<ProcessMeta, ImageError> {
         let s = self
             .section(SectionKind::Meta)
@@ -1606,9 +1607,10 @@ impl ImageReader {
                 supported: META_VERSION,
             });
         }
-        if version != u64::from(META_VERSION) {
+        // Older versions only lack fields that default (version 1: no terminals).
+        if version < u64::from(META_VERSION_OLDEST) {
             return Err(self.err_corrupt(format!(
-                "META section has meta_version {version}, this ckpt reads {META_VERSION}"
+                "META section has meta_version {version}, this ckpt reads {META_VERSION_OLDEST} to {META_VERSION}"
             )));
         }
         serde_json::from_value(v)

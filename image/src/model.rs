@@ -5,7 +5,10 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the `ProcessMeta` schema inside the META section.
-pub const META_VERSION: u32 = 1;
+/// 2: pseudo-terminal pairs (`FdKind::Pty`) and the process's terminal (`terminal`).
+pub const META_VERSION: u32 = 2;
+/// The oldest `meta_version` still read (later versions only add fields that default).
+pub const META_VERSION_OLDEST: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessMeta {
@@ -33,6 +36,10 @@ pub struct ProcessMeta {
     pub threads: Vec<ThreadMeta>,
     pub files: Vec<FdMeta>,
     pub attrs: ProcAttrs,
+    /// The process's terminal: controlling terminal, foreground group, and the settings of
+    /// the terminal of its stdin/stdout/stderr (absent: none of them is a terminal).
+    #[serde(default)]
+    pub terminal: Option<TerminalMeta>,
     /// Where the restorer jumps (the checkpoint thread's saved context).
     pub entry: Entry,
 }
@@ -226,6 +233,57 @@ pub enum FdKind {
     Path {
         path: String,
     },
+    /// One side of a pseudo-terminal pair whose master the job holds (`/dev/ptmx` or
+    /// `/dev/pts/<index>`). `ckpt restart` creates one new pair per index; every fd of
+    /// the pair, in every process, is a dup of its new master or slave.
+    Pty {
+        index: u32,
+        master: bool,
+        /// On the master fd of the process that drained the pair: its settings and the
+        /// bytes in flight.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<PtyState>,
+    },
+}
+
+/// termios (the kernel's `struct termios`: flags, line discipline, control characters).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Termios {
+    pub iflag: u32,
+    pub oflag: u32,
+    pub cflag: u32,
+    pub lflag: u32,
+    pub line: u8,
+    pub cc: Vec<u8>,
+}
+
+/// A pseudo-terminal pair at the checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PtyState {
+    pub termios: Termios,
+    /// Window size: rows, columns, x pixels, y pixels.
+    pub winsize: [u16; 4],
+    /// The slave was still locked (no unlockpt yet).
+    pub locked: bool,
+    /// Packet mode (TIOCPKT) on the master.
+    pub packet: bool,
+    /// Bytes written to the master, not yet read from the slave (hex).
+    pub to_slave: String,
+    /// Bytes written to the slave, not yet read from the master (hex).
+    pub to_master: String,
+}
+
+/// What a process had of terminals at the checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TerminalMeta {
+    /// The controlling terminal is the pty pair `index` of the job (else it is the
+    /// terminal of the restarting command, or none).
+    pub ctty_pty: Option<u32>,
+    /// The controlling terminal's foreground process group (virtual), 0 if none.
+    pub foreground: i32,
+    /// Settings of the terminal of fds 0-2 (outside the job): re-applied to the restarting
+    /// command's terminal.
+    pub stdio: Option<Termios>,
 }
 
 /// One registration in an epoll instance (from /proc/self/fdinfo `tfd:` lines).

@@ -138,6 +138,7 @@ fn sample_meta() -> ProcessMeta {
             mm: MmFields::default(),
             auxv: vec![(6, 4096)],
         },
+        terminal: None,
         entry: Entry {
             rip: 0x40_1234,
             ..Entry::default()
@@ -625,10 +626,22 @@ fn future_versions() {
     rewrite_header(&p, |h| h[20] = 1);
     assert_eq!(kind_of(ImageReader::open(&p), &p), ErrorKind::Corrupt);
 
+    // A version 1 META (before terminals) is still read; `terminal` defaults.
+    let q1 = d.path().join("meta1.img");
+    let mut v = serde_json::to_value(sample_meta()).unwrap();
+    v["meta_version"] = 1.into();
+    v.as_object_mut().unwrap().remove("terminal");
+    let mut w = ImageWriter::create(&q1).unwrap();
+    w.add_section(SectionKind::Meta, &serde_json::to_vec(&v).unwrap())
+        .unwrap();
+    w.finish().unwrap();
+    let m = ImageReader::open(&q1).unwrap().meta().unwrap();
+    assert_eq!((m.meta_version, m.terminal), (1, None));
+
     // A newer meta_version.
     let q = d.path().join("meta2.img");
     let mut v = serde_json::to_value(sample_meta()).unwrap();
-    v["meta_version"] = 2.into();
+    v["meta_version"] = (META_VERSION + 1).into();
     v["something_new"] = "x".into();
     let mut w = ImageWriter::create(&q).unwrap();
     w.add_section(SectionKind::Meta, &serde_json::to_vec(&v).unwrap())

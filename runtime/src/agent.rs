@@ -489,8 +489,9 @@ impl Cycle {
     fn refill(&mut self) -> Result<(), String> {
         crate::memfd::clear(); // issue 3: saved memfd/deleted-file contents are in the snapshot now
         crate::signals::put_back(); // issue 3: signals taken at Drain go back (once)
+        let ttys = crate::tty::refill();
         if !self.drained {
-            return Ok(());
+            return ttys;
         }
         self.drained = false;
         let r = match self.captured.take() {
@@ -498,7 +499,7 @@ impl Cycle {
             None => crate::pipes::refill(&state().fds, &state().pipes),
         };
         tree::release_pipes();
-        r
+        r.and(ttys)
     }
 
     fn undo(&mut self) {
@@ -536,6 +537,9 @@ fn capture(own_fd: RawFd) -> Result<Captured, String> {
     for e in memory::parse_maps(&maps) {
         memory::classify(&e)?;
     }
+    // Pty pairs first: a later failure puts their bytes back (`Cycle::refill`).
+    crate::tty::drain(&mut fds)?;
+    crate::tty::dump_terminal(&fds);
     let pipes = crate::pipes::drain(&mut fds)?;
     crate::signals::take_shared(vids::CKPT_SIG.load(Ordering::Relaxed))?; // issue 3: queued signals with siginfo
     crate::timers::dump()?; // issue 3: setitimer and POSIX timers
@@ -981,6 +985,7 @@ fn write_image(
                 mm: st.mm,
                 auxv: st.auxv.clone(),
             },
+            terminal: crate::tty::meta(),
             entry: Entry {
                 rbx: c.rbx,
                 rbp: c.rbp,
@@ -1018,6 +1023,16 @@ struct RestartParams {
     /// Connected sockets re-created by `ckpt restart` (socket inode at checkpoint → fd).
     #[serde(default)]
     sockets: Vec<InheritedSocket>,
+    /// New pty pairs created by `ckpt restart` (pty index at checkpoint → master, slave).
+    #[serde(default)]
+    ptys: Vec<InheritedPty>,
+}
+
+#[derive(serde::Deserialize)]
+struct InheritedPty {
+    index: u32,
+    master_fd: i32,
+    slave_fd: i32,
 }
 
 #[derive(serde::Deserialize)]
@@ -1063,6 +1078,7 @@ fn post_restart() -> Result<(), String> {
     };
     // SAFETY: clearing the note so a later, unrelated jump cannot be mistaken for a restore.
     unsafe { (*std::ptr::addr_of_mut!(RESTORE_INFO)).magic = 0 };
+    crate::tty::forget_pending();
     let real = sys::getpid_real();
     vids::REAL_PID.store(real, Ordering::Relaxed);
     vids::RESTORE_PPID.store(sys::getppid_real(), Ordering::Relaxed);
@@ -1134,7 +1150,21 @@ fn post_restart() -> Result<(), String> {
             sockets.push((s.inode, lift(s.fd, above)));
         }
     }
-    let restored = files::restore(&st.fds, &st.pipes, &inherited, &sockets);
+    let mut ptys: Vec<(u32, i32, i32)> = Vec::new();
+    if let Some(p) = &params {
+        for t in &p.ptys {
+            ptys.push((t.index, lift(t.master_fd, above), lift(t.slave_fd, above)));
+        }
+    }
+    let restored = files::restore(&st.fds, &st.pipes, &inherited, &sockets, &ptys)
+        .and_then(|_| crate::tty::restore(&st.fds, &ptys));
+    for (_, m, s) in &ptys {
+        // SAFETY: closing the lifted pty sides (the program's fds are dups).
+        unsafe {
+            libc::close(*m);
+            libc::close(*s);
+        }
+    }
     for (_, fd) in &sockets {
         // SAFETY: closing the lifted inherited socket ends (the program's fds are dups).
         unsafe { libc::close(*fd) };
@@ -1156,8 +1186,8 @@ fn post_restart() -> Result<(), String> {
             let _ = std::fs::write(format!("/proc/self/task/{t}/comm"), &s.name[..end]);
         }
     }
-    // Signals that were pending come back pending (values of queued real-time signals
-    // are not kept yet).
+    // Signals still pending by number only (the rest, with their siginfo, are queued back
+    // by `signals::put_back` and `threads::resume_all`).
     for sig in 1..=64u64 {
         if st.shared_pending & (1 << (sig - 1)) != 0 {
             // SAFETY: signalling our own process.
@@ -1178,11 +1208,13 @@ fn post_restart() -> Result<(), String> {
         a.barrier(60_000)?;
         vids::set_pid_map(&a.pairs());
     }
+    crate::tty::after_barrier(tree::is_root());
     info!("restart: {n} thread(s) recreated");
     crate::timers::restore()?; // issue 3: setitimer and POSIX timers (new tids known)
     crate::attrs::restore_threads(&threads::real_tid); // issue 3: per-thread nice and affinity
     crate::signals::put_back(); // issue 3: process-directed signals with their siginfo
     threads::resume_all();
+    crate::tty::after_resume();
     Ok(())
 }
 

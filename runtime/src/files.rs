@@ -4,7 +4,10 @@
 use ckpt_image::{FdKind, FdMeta};
 use std::ffi::CString;
 
+/// Devices reopened by path. `/dev/tty` is the controlling terminal: after a restart, the
+/// restarting command's (bash keeps one open as fd 255).
 const DEVICES: &[&str] = &[
+    "/dev/tty",
     "/dev/null",
     "/dev/zero",
     "/dev/full",
@@ -176,6 +179,8 @@ fn classify(fd: i32, fl: i32, cloexec: bool, skip: &[i32]) -> Result<Option<FdMe
         FdKind::Directory {
             path: proc_self_path(&link),
         }
+    } else if crate::tty::is_pty(&st, &link) {
+        crate::tty::describe(fd, &link, &st)?
     } else if fmt == libc::S_IFCHR && DEVICES.contains(&link.as_str()) {
         FdKind::Device { path: link }
     } else if fmt == libc::S_IFIFO && link.starts_with("pipe:") {
@@ -201,7 +206,7 @@ fn classify(fd: i32, fl: i32, cloexec: bool, skip: &[i32]) -> Result<Option<FdMe
         let what = if link.ends_with(" (deleted)") {
             "a deleted file that is not a regular file"
         } else if fmt == libc::S_IFCHR {
-            "a character device other than null/zero/full/random/urandom (terminals are supported on fds 0-2 only)"
+            "a character device other than tty/null/zero/full/random/urandom or a pseudo-terminal"
         } else {
             "a kind of file not supported yet"
         };
@@ -237,6 +242,7 @@ pub fn restore(
     pipes: &[crate::pipes::PipeData],
     inherited_pipes: &[(u64, i32, i32)],
     inherited_sockets: &[(u64, i32)],
+    inherited_ptys: &[(u32, i32, i32)],
 ) -> Result<(), String> {
     let min_fd = fds.iter().map(|f| f.fd).max().unwrap_or(2).max(9) + 1;
     let mut temps: Vec<(i32, i32)> = crate::pipes::recreate(fds, pipes, min_fd, inherited_pipes)?;
@@ -258,6 +264,24 @@ pub fn restore(
                 FdKind::Inotify { watches } => crate::inotify::create(f.fd, watches, f.flags)?,
                 FdKind::Socket { .. } => crate::sockets::create(&f.kind, inherited_sockets)?,
                 FdKind::Fifo { path } => open_fifo(f, path)?,
+                FdKind::Pty { index, master, .. } => {
+                    let Some(&(_, m, s)) = inherited_ptys.iter().find(|(i, _, _)| i == index)
+                    else {
+                        return Err(format!("fd {}: no new pair for pty {index}", f.fd));
+                    };
+                    // SAFETY: a new descriptor of the new pair's side.
+                    let n = unsafe {
+                        libc::fcntl(if *master { m } else { s }, libc::F_DUPFD_CLOEXEC, 0)
+                    };
+                    if n < 0 {
+                        return Err(format!(
+                            "fd {}: dup of pty {index}: {}",
+                            f.fd,
+                            std::io::Error::last_os_error()
+                        ));
+                    }
+                    n
+                }
                 FdKind::Memfd { .. } | FdKind::Deleted { .. } => {
                     crate::memfd::open(f.fd, &f.kind, f.flags, &mut made, min_fd)?
                 }
@@ -292,8 +316,8 @@ pub fn restore(
                     // SAFETY: lseek on the reopened regular file.
                     unsafe { libc::lseek(f.fd, *offset as i64, libc::SEEK_SET) };
                 }
-                FdKind::Pipe { .. } => {
-                    // SAFETY: status flags (O_NONBLOCK) of the pipe end.
+                FdKind::Pipe { .. } | FdKind::Pty { .. } => {
+                    // SAFETY: status flags (O_NONBLOCK) of the pipe end or pty side.
                     unsafe { libc::fcntl(f.fd, libc::F_SETFL, f.flags & libc::O_NONBLOCK) };
                 }
                 _ => {}
@@ -486,7 +510,7 @@ mod tests {
         }
         assert!(me.flags & libc::O_APPEND != 0);
         drop(f); // fd is closed; restore must bring it back at the same number
-        restore(std::slice::from_ref(&me), &[], &[], &[]).unwrap();
+        restore(std::slice::from_ref(&me), &[], &[], &[], &[]).unwrap();
         // SAFETY: querying the restored fd.
         let off = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
         assert_eq!(off, 3);

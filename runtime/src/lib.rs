@@ -32,6 +32,7 @@ mod threads;
 mod timerfd;
 mod timers;
 mod tree;
+mod tty;
 mod vids;
 
 // The interposed libc functions (`getpid`, `fork`, `kill`, `waitpid`, `sigaction`, ...) are

@@ -7,8 +7,9 @@
 //! the runtime's memory (so in the image); at Refill they are queued back into the running
 //! process with `rt_sigqueueinfo` (allowed with any `si_code` when a process signals
 //! itself), and after a restart the same is done right before the threads are released.
-//! Signals pending for one thread only keep the existing behaviour (raised again, without
-//! values), see `threads::Slot::pending`.
+//! Signals pending for one thread only are taken by that thread itself when it parks, with
+//! their siginfo, and queued back to the same thread (see `threads::take_own_signals`).
+//! The sender's pid in a kept siginfo is made virtual (`virtualize_sender`).
 //!
 //! `sigqueue(3)` is interposed so that a program that queues a signal to its own (virtual)
 //! pid after a restart reaches itself.
@@ -76,6 +77,7 @@ pub fn take_shared(skip: i32) -> Result<(), String> {
                 crate::agent::term_arrived();
                 break;
             }
+            virtualize_sender(&mut info);
             v.push(info);
             OUTSTANDING.store(true, Ordering::Release);
             if sig < 32 {
@@ -86,12 +88,64 @@ pub fn take_shared(skip: i32) -> Result<(), String> {
     Ok(())
 }
 
+/// A signal sent by a process of the job carries the sender's real pid of this
+/// incarnation; the siginfo kept for a restart gets its virtual pid (the only pid the
+/// program knows it by), so that a signal re-raised after a restart names its sender as
+/// the program saw it. Only siginfos with a sender pid are changed (kill, sigqueue, tkill,
+/// message queues, SIGCHLD).
+pub fn virtualize_sender(info: &mut SigInfo) {
+    let signo = (info[0] & 0xffff_ffff) as i32;
+    let code = (info[1] & 0xffff_ffff) as u32 as i32;
+    let has_pid = matches!(
+        code,
+        libc::SI_USER | libc::SI_QUEUE | libc::SI_MESGQ | libc::SI_TKILL
+    ) || (signo == libc::SIGCHLD && code > 0);
+    if !has_pid {
+        return;
+    }
+    let real = (info[2] & 0xffff_ffff) as u32 as i32;
+    if real <= 0 {
+        return;
+    }
+    let v = crate::vids::virtual_of(real);
+    info[2] = (info[2] & !0xffff_ffff) | (v as u32 as u64);
+}
+
+/// Siginfos of kill()/tgkill() (si_code >= 0 or SI_TKILL) may only be queued by the
+/// thread whose tid is the target pid: in a running process the checkpoint thread is not
+/// the leader, so those are handed to the leader thread, which queues them when it is
+/// released (`put_back_deferred`).
+const MAX_DEFERRED: usize = 64;
+static mut DEFERRED: [SigInfo; MAX_DEFERRED] = [[0; 16]; MAX_DEFERRED];
+static NDEFERRED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Run by the process's leader thread when released from a checkpoint.
+pub fn put_back_deferred() {
+    let n = NDEFERRED.swap(0, Ordering::AcqRel).min(MAX_DEFERRED);
+    let pid = crate::sys::getpid_real();
+    for k in 0..n {
+        // SAFETY: written by the checkpoint thread before the release (ordered by NDEFERRED).
+        let info = unsafe { (*std::ptr::addr_of!(DEFERRED))[k] };
+        let sig = (info[0] & 0xffff_ffff) as i32;
+        // SAFETY: rt_sigqueueinfo to our own process, from its leader thread.
+        unsafe {
+            crate::sys::syscall3(
+                libc::SYS_rt_sigqueueinfo,
+                pid as u64,
+                sig as u64,
+                info.as_ptr() as u64,
+            )
+        };
+    }
+}
+
 /// Queues the taken signals back (once; after a refill or in a restored process).
 pub fn put_back() {
     if !OUTSTANDING.swap(false, Ordering::AcqRel) {
         return;
     }
     let pid = crate::sys::getpid_real();
+    let mut deferred = NDEFERRED.load(Ordering::Acquire);
     for info in taken().iter() {
         let sig = (info[0] & 0xffff_ffff) as i32;
         // SAFETY: rt_sigqueueinfo to our own process with the recorded siginfo.
@@ -103,13 +157,18 @@ pub fn put_back() {
                 info.as_ptr() as u64,
             )
         };
-        if r < 0 {
+        if r == -(libc::EPERM as i64) && deferred < MAX_DEFERRED {
+            // SAFETY: only the checkpoint thread writes DEFERRED, before the release.
+            unsafe { (*std::ptr::addr_of_mut!(DEFERRED))[deferred] = *info };
+            deferred += 1;
+        } else if r < 0 {
             crate::warn!(
                 "could not queue signal {sig} again: {}",
                 std::io::Error::from_raw_os_error(-r as i32)
             );
         }
     }
+    NDEFERRED.store(deferred, Ordering::Release);
 }
 
 /// Signals taken at the last checkpoint (for the record in the image: count).
@@ -155,6 +214,47 @@ pub extern "C" fn sigqueue(pid: libc::pid_t, sig: libc::c_int, value: libc::sigv
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A signal a process of the job sent with its real pid of this incarnation is kept
+    /// with the sender's virtual pid.
+    #[test]
+    fn sender_pid_is_kept_virtual() {
+        // SAFETY: fork; the child uses raw system calls and exits with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let code = (|| {
+                let real = crate::sys::getpid_real();
+                crate::vids::REAL_PID.store(real, Ordering::Relaxed);
+                crate::vids::VPID.store(4242, Ordering::Relaxed);
+                // SAFETY: blocking SIGUSR2 in the only thread, then a raw kill to ourselves.
+                unsafe {
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, libc::SIGUSR2);
+                    libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                    crate::sys::syscall3(libc::SYS_kill, real as u64, libc::SIGUSR2 as u64, 0);
+                }
+                take_shared(62).unwrap();
+                let t = taken();
+                if t.len() != 1 || (t[0][1] & 0xffff_ffff) as i32 != libc::SI_USER {
+                    return 2;
+                }
+                if (t[0][2] & 0xffff_ffff) as i32 != 4242 {
+                    return 3;
+                }
+                0
+            })();
+            // SAFETY: leave the child at once.
+            unsafe { libc::_exit(code) };
+        }
+        let mut st = 0;
+        // SAFETY: reaping our child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "child status {st:#x}"
+        );
+    }
 
     #[test]
     fn queued_signal_values_round_trip() {

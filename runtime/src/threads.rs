@@ -36,9 +36,19 @@ pub struct Slot {
     pub sc_pc: u64,
     /// The thread's name (comm), NUL-padded.
     pub name: [u8; 16],
-    /// Signals pending for this thread alone at the snapshot (bit n-1 = signal n).
+    /// Signals pending for this thread alone at the snapshot (bit n-1 = signal n) that
+    /// were not taken with their siginfo (more than THREAD_SIGS, or arrived later).
     pub pending: u64,
+    /// How many signals pending for this thread alone it took with their siginfo when it
+    /// parked (kept in `SIGINFOS`, at this slot's index); it queues them to itself again
+    /// when released (after the snapshot, or after a restore).
+    pub nsigs: u32,
+    /// PR_SET_PDEATHSIG of this thread (per thread in Linux).
+    pub pdeathsig: i32,
 }
+
+/// Thread-directed signals kept with their siginfo per thread.
+pub const THREAD_SIGS: usize = 16;
 
 pub struct Slots(UnsafeCell<[Slot; MAX_THREADS]>);
 // SAFETY: a slot is written by the checkpoint thread while FREE/before signalling and by
@@ -73,9 +83,25 @@ const EMPTY: Slot = Slot {
     sc_pc: 0,
     name: [0; 16],
     pending: 0,
+    nsigs: 0,
+    pdeathsig: 0,
 };
 
 pub static SLOTS: Slots = Slots(UnsafeCell::new([EMPTY; MAX_THREADS]));
+
+/// The siginfos of `Slot::nsigs`, per slot index. All zero at start, so it lives in .bss:
+/// only the pages of threads that had signals pending are ever touched and saved.
+struct SigInfos(UnsafeCell<[[[u64; 16]; THREAD_SIGS]; MAX_THREADS]>);
+// SAFETY: an entry is used only by the thread owning the slot of the same index.
+unsafe impl Sync for SigInfos {}
+static SIGINFOS: SigInfos = SigInfos(UnsafeCell::new([[[0; 16]; THREAD_SIGS]; MAX_THREADS]));
+
+fn siginfos_of(slot: &Slot) -> &'static mut [[u64; 16]; THREAD_SIGS] {
+    let base = SLOTS.0.get() as usize;
+    let idx = (slot as *const Slot as usize - base) / std::mem::size_of::<Slot>();
+    // SAFETY: idx < MAX_THREADS (slot is an element of SLOTS); see `SigInfos`.
+    unsafe { &mut (*SIGINFOS.0.get())[idx.min(MAX_THREADS - 1)] }
+}
 /// 0 while parked threads must stay parked; 1 lets them go.
 pub static RELEASE: AtomicU32 = AtomicU32::new(1);
 /// Bumped (and woken) whenever a thread parks or reports restored.
@@ -164,9 +190,154 @@ pub extern "C" fn handler(_sig: i32, _info: *mut libc::siginfo_t, uc: *mut libc:
             }
         }
     }
+    take_own_signals(slot);
+    let mut pd: libc::c_int = 0;
+    // SAFETY: PR_GET_PDEATHSIG writes one int.
+    unsafe {
+        sys::syscall3(
+            libc::SYS_prctl,
+            libc::PR_GET_PDEATHSIG as u64,
+            &mut pd as *mut libc::c_int as u64,
+            0,
+        )
+    };
+    slot.pdeathsig = pd;
     park(slot as *mut Slot);
+    // Released (after a checkpoint, or in a restored process): the signals this thread took
+    // go back to it. Only the thread itself may queue a siginfo of kill/tgkill to itself.
+    put_back_own_signals(slot);
+    if sys::gettid() == sys::getpid_real() {
+        // The process leader may do the same for process-directed ones the checkpoint
+        // thread could not queue back.
+        crate::signals::put_back_deferred();
+    }
     // SAFETY: restore the interrupted code's errno.
     unsafe { *libc::__errno_location() = errno };
+}
+
+/// The signals pending for the calling thread alone (SigPnd of /proc/thread-self/status),
+/// read with raw system calls into a stack buffer (this runs in a signal handler).
+fn private_pending() -> u64 {
+    let mut buf = [0u8; 4096];
+    // SAFETY: open/read/close of a /proc file into our stack buffer.
+    let n = unsafe {
+        let fd = sys::syscall3(
+            libc::SYS_open,
+            c"/proc/thread-self/status".as_ptr() as u64,
+            (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+            0,
+        );
+        if fd < 0 {
+            return 0;
+        }
+        let mut got = 0usize;
+        while got < buf.len() {
+            let r = sys::syscall3(
+                libc::SYS_read,
+                fd as u64,
+                buf.as_mut_ptr().add(got) as u64,
+                (buf.len() - got) as u64,
+            );
+            if r <= 0 {
+                break;
+            }
+            got += r as usize;
+        }
+        sys::syscall3(libc::SYS_close, fd as u64, 0, 0);
+        got
+    };
+    let text = &buf[..n];
+    let key = b"\nSigPnd:";
+    let Some(at) = text.windows(key.len()).position(|w| w == key) else {
+        return 0;
+    };
+    let mut v: u64 = 0;
+    for &c in text[at + key.len()..]
+        .iter()
+        .skip_while(|c| c.is_ascii_whitespace())
+    {
+        match (c as char).to_digit(16) {
+            Some(d) => v = (v << 4) | d as u64,
+            None => break,
+        }
+    }
+    v
+}
+
+/// Takes the calling thread's own pending signals with their siginfo into its slot (every
+/// instance of a queued real-time signal, in order). A signal also pending for the whole
+/// process is left there once the thread's own instances are taken (`signals` takes it).
+fn take_own_signals(slot: &mut Slot) {
+    slot.nsigs = 0;
+    let mut mask = private_pending();
+    let skip = crate::vids::CKPT_SIG.load(Ordering::Relaxed);
+    for sig in 1..=64i32 {
+        if mask & (1 << (sig - 1)) == 0
+            || sig == skip
+            || sig == libc::SIGKILL
+            || sig == libc::SIGSTOP
+        {
+            continue;
+        }
+        let set: u64 = 1 << (sig - 1);
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        while (slot.nsigs as usize) < THREAD_SIGS && mask & set != 0 {
+            let mut info = [0u64; 16];
+            // SAFETY: rt_sigtimedwait(set, info, timeout, 8) with locals.
+            let r = unsafe {
+                sys::syscall6(
+                    libc::SYS_rt_sigtimedwait,
+                    &set as *const u64 as u64,
+                    info.as_mut_ptr() as u64,
+                    &zero as *const libc::timespec as u64,
+                    8,
+                    0,
+                    0,
+                )
+            };
+            if r <= 0 {
+                break;
+            }
+            crate::signals::virtualize_sender(&mut info);
+            siginfos_of(slot)[slot.nsigs as usize] = info;
+            slot.nsigs += 1;
+            mask = private_pending();
+        }
+    }
+}
+
+/// Queues the signals the calling thread took back to itself; they stay pending until it
+/// returns from the handler with its own mask.
+fn put_back_own_signals(slot: &mut Slot) {
+    let pid = sys::getpid_real();
+    let tid = sys::gettid();
+    let store = siginfos_of(slot);
+    for info in store.iter().take((slot.nsigs as usize).min(THREAD_SIGS)) {
+        let sig = (info[0] & 0xffff_ffff) as i32;
+        // SAFETY: rt_tgsigqueueinfo to a thread of our own process with the recorded siginfo.
+        let r = unsafe {
+            sys::syscall6(
+                libc::SYS_rt_tgsigqueueinfo,
+                pid as u64,
+                tid as u64,
+                sig as u64,
+                info.as_ptr() as u64,
+                0,
+                0,
+            )
+        };
+        if r < 0 {
+            crate::warn!(
+                "could not queue signal {sig} to thread {} again: errno {}",
+                slot.vtid,
+                -r
+            );
+        }
+    }
+    slot.nsigs = 0;
 }
 
 #[inline(never)]
@@ -199,6 +370,17 @@ fn after_restore(slot: *mut Slot) {
     let tid = sys::gettid();
     slot.real_tid.store(tid, Ordering::Relaxed);
     register_thread_state(slot.fs_base, slot.robust_head, slot.robust_len);
+    if slot.pdeathsig != 0 {
+        // SAFETY: PR_SET_PDEATHSIG for this (new) thread, as the old one had it.
+        unsafe {
+            sys::syscall3(
+                libc::SYS_prctl,
+                libc::PR_SET_PDEATHSIG as u64,
+                slot.pdeathsig as u64,
+                0,
+            )
+        };
+    }
     if slot.altstack.ss_flags & libc::SS_DISABLE == 0 && !slot.altstack.ss_sp.is_null() {
         let mut ss = slot.altstack;
         ss.ss_flags &= !libc::SS_ONSTACK;
@@ -418,4 +600,85 @@ pub fn discover_tid_offset(fs_a: u64, tid_a: i32, fs_b: u64, tid_b: i32) -> i32 
         off += 4;
     }
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Real-time signals queued to one thread are taken by it with their values, leave
+    /// nothing pending, and come back to the same thread, in order, values intact.
+    #[test]
+    fn own_signals_taken_and_put_back_with_values() {
+        // SAFETY: fork; the child runs single-threaded and exits with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let code = (|| {
+                let sig = libc::SIGRTMIN() + 3;
+                let me = sys::getpid_real();
+                let tid = sys::gettid();
+                // SAFETY: blocking the signal, then queueing three instances to ourselves.
+                unsafe {
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, sig);
+                    libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                    for v in [5u64, 6, 7] {
+                        let mut info = [0u64; 16];
+                        info[0] = sig as u64;
+                        info[1] = (libc::SI_QUEUE as u32) as u64;
+                        info[2] = me as u64;
+                        info[3] = v;
+                        sys::syscall6(
+                            libc::SYS_rt_tgsigqueueinfo,
+                            me as u64,
+                            tid as u64,
+                            sig as u64,
+                            info.as_ptr() as u64,
+                            0,
+                            0,
+                        );
+                    }
+                }
+                let slot = &mut slots()[0];
+                slot.real_tid.store(tid, Ordering::Relaxed);
+                take_own_signals(slot);
+                if slot.nsigs != 3 || private_pending() != 0 {
+                    return 2;
+                }
+                put_back_own_signals(slot);
+                if private_pending() & (1 << (sig - 1)) == 0 {
+                    return 3;
+                }
+                for want in [5usize, 6, 7] {
+                    // SAFETY: sigtimedwait with locals.
+                    unsafe {
+                        let mut set: libc::sigset_t = std::mem::zeroed();
+                        libc::sigemptyset(&mut set);
+                        libc::sigaddset(&mut set, sig);
+                        let mut info: libc::siginfo_t = std::mem::zeroed();
+                        let ts = libc::timespec {
+                            tv_sec: 0,
+                            tv_nsec: 0,
+                        };
+                        if libc::sigtimedwait(&set, &mut info, &ts) != sig
+                            || info.si_value().sival_ptr as usize != want
+                        {
+                            return 4;
+                        }
+                    }
+                }
+                0
+            })();
+            // SAFETY: leave the child at once.
+            unsafe { libc::_exit(code) };
+        }
+        let mut st = 0;
+        // SAFETY: reaping our child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "child status {st:#x}"
+        );
+    }
 }

@@ -129,6 +129,37 @@ pub fn held_by_other_tree(link: &str) -> bool {
     false
 }
 
+/// Whether some process of the job holds the master of pty `index` (a `/dev/ptmx` fd whose
+/// fdinfo says `tty-index: index`).
+pub fn pty_master_in_job(index: u32) -> bool {
+    let want = format!("tty-index:\t{index}\n");
+    for p in job_processes() {
+        if let Ok(fds) = crate::sys::list_numeric_dir(&format!("/proc/{p}/fd")) {
+            for fd in fds {
+                let ptmx = std::fs::read_link(format!("/proc/{p}/fd/{fd}"))
+                    .map(|l| {
+                        let l = l.to_string_lossy();
+                        l == "/dev/ptmx" || l.ends_with("/pts/ptmx")
+                    })
+                    .unwrap_or(false);
+                if ptmx
+                    && std::fs::read_to_string(format!("/proc/{p}/fdinfo/{fd}"))
+                        .map(|s| s.contains(&want))
+                        .unwrap_or(false)
+                {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+/// Whether some process of the job holds the slave of pty `index`.
+pub fn pty_slave_in_job(index: u32) -> bool {
+    held_in_job(&format!("/dev/pts/{index}"))
+}
+
 /// Whether this process saves shared-memory object `ino`: of the job's processes that map
 /// it, the one with the lowest pid does (all of them compute the same answer while the job
 /// is stopped).
@@ -185,12 +216,15 @@ pub fn claim_pipes() {
         return;
     };
     for fd in fds {
-        let is_pipe = std::fs::read_link(format!("/proc/self/fd/{fd}"))
-            .map(|l| l.to_string_lossy().starts_with("pipe:["))
-            .unwrap_or(false);
+        let link = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .map(|l| l.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let is_pipe = link.starts_with("pipe:[");
+        // A pty master is drained by one of its holders too (see `tty`).
+        let is_ptmx = link == "/dev/ptmx" || link.ends_with("/pts/ptmx");
         // SAFETY: fcntl on our own fd.
         let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        if !is_pipe || fl < 0 || fl & libc::O_ACCMODE != libc::O_RDONLY {
+        if fl < 0 || !(is_ptmx || is_pipe && fl & libc::O_ACCMODE == libc::O_RDONLY) {
             continue;
         }
         let mut old = FOwnerEx { type_: 0, pid: 0 };

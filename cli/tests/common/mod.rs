@@ -311,6 +311,7 @@ pub fn meta(vpid: i32, generation: u64) -> ProcessMeta {
             mm: MmFields::default(),
             auxv: vec![],
         },
+        terminal: None,
         entry: Entry::default(),
     }
 }
