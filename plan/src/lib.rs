@@ -10,7 +10,7 @@ pub mod crc;
 pub const PLAN_MAGIC: u64 = u64::from_le_bytes(*b"CKPTPLAN");
 /// 2: `Op` carries the CRC-32C of an `OP_READ` run (the restorer verifies it) and reads
 /// use `Op::fd`; the header says how many threads may read.
-pub const PLAN_VERSION: u32 = 2;
+pub const PLAN_VERSION: u32 = 3;
 
 /// The restorer is linked at this fixed address (non-PIE, static); `ckpt restart` refuses
 /// an image with a region inside `[RESTORER_BASE, RESTORER_BASE + RESTORER_SPAN)`.
@@ -128,7 +128,9 @@ pub struct RestoreInfo {
 }
 pub const RESTORE_INFO_MAGIC: u64 = u64::from_le_bytes(*b"RESTORED");
 
-pub const MAX_CLOSE_FDS: usize = 64;
+/// Descriptors the restorer closes (image, one per mapped file, shared objects): an MPI
+/// launcher maps ~75 distinct files.
+pub const MAX_CLOSE_FDS: usize = 1024;
 pub const MM_MAP_VALID: u32 = 1;
 
 #[repr(C)]
