@@ -81,7 +81,7 @@ pub fn run(dir: &Path, generation: Option<u64>, which: Which) -> anyhow::Result<
     };
     let proc_ = match which {
         Which::Only if manifest.processes.len() == 1 => &manifest.processes[0],
-        Which::Only => return restore_tree(&dir, &gen, manifest),
+        Which::Only => return restore_tree(&dir, &gen, &manifest.processes),
         Which::Rank(r) => manifest
             .processes
             .iter()
@@ -107,6 +107,10 @@ pub fn run(dir: &Path, generation: Option<u64>, which: Which) -> anyhow::Result<
     };
     let img_path = gen.path.join(&proc_.file);
     let img = Loaded::open(&img_path)?;
+    if !img.meta.zombies.is_empty() {
+        // Exited children are re-created by the tree restore (restart area, stand-ins).
+        return restore_tree(&dir, &gen, std::slice::from_ref(proc_));
+    }
     let socket = crate::coord::ensure_coordinator(&dir, None, 3)?;
     let info = serde_json::json!({
         "socket": socket.to_string_lossy(),
@@ -447,10 +451,10 @@ const AREA_HEADER: usize = 16; // magic u32, n u32, arrived u32 (futex), pad u32
 fn restore_tree(
     dir: &Path,
     gen: &ckpt_image::GenerationInfo,
-    manifest: &ckpt_image::Manifest,
+    processes: &[ckpt_image::ManifestProcess],
 ) -> anyhow::Result<()> {
     let mut imgs = Vec::new();
-    for p in &manifest.processes {
+    for p in processes {
         imgs.push(Loaded::open(&gen.path.join(&p.file))?);
     }
     let vpids: Vec<i32> = imgs.iter().map(|l| l.meta.vpid).collect();
@@ -508,9 +512,17 @@ fn restore_tree(
             }
         }
     }
-    // The shared area: pid map and the restart barrier.
-    let n = imgs.len();
-    let area_len = AREA_HEADER + n * 8;
+    // Exited children not yet waited for: (parent index, description); each gets a place
+    // in the area after the living processes.
+    let zombies: Vec<(usize, ckpt_image::Zombie)> = imgs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, l)| l.meta.zombies.iter().map(move |z| (i, z.clone())))
+        .collect();
+    // The shared area: pid map, the restart barrier, the stand-ins' release words.
+    let live = imgs.len();
+    let n = live + zombies.len();
+    let area_len = AREA_HEADER + n * 12;
     let mut init = vec![0u8; area_len];
     init[0..4].copy_from_slice(&AREA_MAGIC.to_le_bytes());
     init[4..8].copy_from_slice(&(n as u32).to_le_bytes());
@@ -564,11 +576,23 @@ fn restore_tree(
     loop {
         record_in_area(area, me, imgs[me].meta.vpid);
         set_group(&imgs, me, area, n);
-        let mut kids: Vec<usize> = (0..n)
+        let mut kids: Vec<usize> = (0..live)
             .filter(|&i| imgs[i].meta.vppid == imgs[me].meta.vpid && i != me)
             .collect();
         kids.sort_by_key(|&i| imgs[i].meta.vpid);
         queue.clear();
+        for (k, (_, z)) in zombies.iter().enumerate().filter(|(_, (p, _))| *p == me) {
+            let idx = live + k;
+            // SAFETY: as below; the child only runs `stand_in`, which never returns.
+            let pid = unsafe { libc::fork() };
+            if pid < 0 {
+                bail!("fork: {}", std::io::Error::last_os_error());
+            }
+            if pid == 0 {
+                stand_in(area, n, idx, z);
+            }
+            record_pid_in_area(area, idx, z.vpid, pid);
+        }
         let mut became_child = None;
         for c in kids {
             // SAFETY: this process is single-threaded; the child only runs this function's
@@ -600,11 +624,88 @@ fn restore_tree(
 }
 
 fn record_in_area(area: *mut libc::c_void, index: usize, vpid: i32) {
+    // SAFETY: getpid has no preconditions.
+    record_pid_in_area(area, index, vpid, unsafe { libc::getpid() });
+}
+
+fn record_pid_in_area(area: *mut libc::c_void, index: usize, vpid: i32, pid: i32) {
     // SAFETY: the area holds n pairs after the header; index < n.
     unsafe {
         let p = (area as *mut u8).add(AREA_HEADER + index * 8) as *mut i32;
         p.write_volatile(vpid);
-        p.add(1).write_volatile(libc::getpid());
+        p.add(1).write_volatile(pid);
+    }
+}
+
+/// The stand-in of a child that had ended before the checkpoint: it takes the child's
+/// group and name, counts as arrived at the tree barrier, waits until its restored parent
+/// releases it (after the parent's signal dispositions are back, see the runtime's
+/// `zombies`), and ends the recorded way. Never returns.
+fn stand_in(area: *mut libc::c_void, n: usize, index: usize, z: &ckpt_image::Zombie) -> ! {
+    // SAFETY: a freshly forked single-threaded child using raw libc calls on its own state
+    // and on the shared area (index < n).
+    unsafe {
+        let parent = libc::getppid();
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
+        libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+        if z.sid == z.vpid {
+            libc::setsid();
+        }
+        if z.pgid == z.vpid {
+            libc::setpgid(0, 0);
+        } else if let Some(r) = real_in_area(area, n, z.pgid) {
+            libc::setpgid(0, r);
+        }
+        let mut name = [0u8; 16];
+        let b = z.comm.as_bytes();
+        name[..b.len().min(15)].copy_from_slice(&b[..b.len().min(15)]);
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+        let base = area as *mut u8;
+        let arrived = &*(base.add(8) as *const std::sync::atomic::AtomicU32);
+        arrived.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        libc::syscall(
+            libc::SYS_futex,
+            arrived.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+        );
+        let w =
+            &*(base.add(AREA_HEADER + n * 8 + index * 4) as *const std::sync::atomic::AtomicU32);
+        while w.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            let ts = libc::timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            };
+            libc::syscall(libc::SYS_futex, w.as_ptr(), libc::FUTEX_WAIT, 0, &ts);
+        }
+        end_as(z)
+    }
+}
+
+/// Ends this process the way `z` ended: the same exit status, or the same signal (with
+/// no core dump).
+fn end_as(z: &ckpt_image::Zombie) -> ! {
+    // SAFETY: raw calls ending this process.
+    unsafe {
+        if z.killed {
+            let rl = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &rl);
+            libc::signal(z.code, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, z.code);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            // Raw calls: a preloaded runtime must not translate these pids.
+            libc::syscall(libc::SYS_kill, libc::syscall(libc::SYS_getpid), z.code);
+            libc::_exit(128 + z.code)
+        }
+        libc::_exit(z.code)
     }
 }
 
@@ -1143,4 +1244,46 @@ fn build_plan(
         .map(|n| n.get().min(2) as u32)
         .unwrap_or(1);
     Ok((h, ops))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stand-in of an exited child ends with the recorded status or signal.
+    #[test]
+    fn stand_in_ends_as_recorded() {
+        for (killed, code) in [
+            (false, 0),
+            (false, 42),
+            (true, libc::SIGTERM),
+            (true, libc::SIGSEGV),
+        ] {
+            let z = ckpt_image::Zombie {
+                vpid: 1,
+                pgid: 0,
+                sid: 0,
+                comm: "x".into(),
+                killed,
+                code,
+                core_dumped: false,
+            };
+            // SAFETY: the child only ends itself.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                end_as(&z);
+            }
+            let mut st = 0;
+            // SAFETY: reaping our own child.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut st, 0) }, pid);
+            if killed {
+                assert!(libc::WIFSIGNALED(st), "{st:#x}");
+                assert_eq!(libc::WTERMSIG(st), code);
+                assert!(!libc::WCOREDUMP(st));
+            } else {
+                assert!(libc::WIFEXITED(st), "{st:#x}");
+                assert_eq!(libc::WEXITSTATUS(st), code);
+            }
+        }
+    }
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{ImageError, IoCtx};
-use crate::model::{PageRun, ProcessMeta, META_VERSION};
+use crate::model::{PageRun, ProcessMeta, META_MIN_VERSION, META_VERSION};
 
 /// First 8 bytes of every image.
 pub const FILE_MAGIC: [u8; 8] = *b"CKPTIMG\0";
@@ -1606,9 +1606,9 @@ impl ImageReader {
                 supported: META_VERSION,
             });
         }
-        if version != u64::from(META_VERSION) {
+        if version < u64::from(META_MIN_VERSION) {
             return Err(self.err_corrupt(format!(
-                "META section has meta_version {version}, this ckpt reads {META_VERSION}"
+                "META section has meta_version {version}, this ckpt reads {META_MIN_VERSION} to {META_VERSION}"
             )));
         }
         serde_json::from_value(v)

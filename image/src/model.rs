@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the `ProcessMeta` schema inside the META section.
-pub const META_VERSION: u32 = 1;
+pub const META_VERSION: u32 = 2;
+/// The oldest `meta_version` this ckpt still reads (versions only added optional fields).
+pub const META_MIN_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessMeta {
@@ -35,6 +37,27 @@ pub struct ProcessMeta {
     pub attrs: ProcAttrs,
     /// Where the restorer jumps (the checkpoint thread's saved context).
     pub entry: Entry,
+    /// Children that had exited but were not yet waited for (meta_version 2).
+    #[serde(default)]
+    pub zombies: Vec<Zombie>,
+}
+
+/// A child that had ended before the checkpoint and that its parent had not yet waited for.
+/// On restart it is re-created as a child that ends the same way before its parent runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Zombie {
+    /// Its virtual pid (what the parent's wait returns).
+    pub vpid: i32,
+    /// Its process group and session (virtual ids).
+    pub pgid: i32,
+    pub sid: i32,
+    /// Its name (`/proc/<pid>/comm`).
+    pub comm: String,
+    /// Killed by signal `code` (`true`) or exited with status `code`.
+    pub killed: bool,
+    pub code: i32,
+    /// The kernel reported a core dump (not reproduced: the re-created child never dumps).
+    pub core_dumped: bool,
 }
 
 /// What the machine that restores must match.

@@ -35,6 +35,8 @@ struct ProcState {
     shared_pending: u64,
     /// Bytes drained from the process's own pipes.
     pipes: Vec<crate::pipes::PipeData>,
+    /// Children that had ended and were not yet waited for.
+    zombies: Vec<ckpt_image::Zombie>,
 }
 
 static mut STATE: Option<ProcState> = None;
@@ -470,6 +472,7 @@ struct Cycle {
 struct Captured {
     fds: Vec<FdMeta>,
     pipes: Vec<crate::pipes::PipeData>,
+    zombies: Vec<ckpt_image::Zombie>,
 }
 
 impl Cycle {
@@ -510,7 +513,12 @@ fn capture(own_fd: RawFd) -> Result<Captured, String> {
     // Every child must be a process of the job (running the runtime, so it takes part in
     // this checkpoint); a child that is not (a static binary, LD_PRELOAD removed) cannot be
     // restored.
+    let mut zombies = Vec::new();
     for p in process::children(&[]) {
+        if let Some(z) = crate::zombies::dump(p) {
+            zombies.push(z);
+            continue;
+        }
         if !process::runs_runtime(p) {
             return Err(format!(
                 "child process {p} ({}) is not under checkpoint control (a static binary, or LD_PRELOAD was removed from its environment)",
@@ -527,7 +535,11 @@ fn capture(own_fd: RawFd) -> Result<Captured, String> {
     crate::signals::take_shared(vids::CKPT_SIG.load(Ordering::Relaxed))?; // issue 3: queued signals with siginfo
     crate::timers::dump()?; // issue 3: setitimer and POSIX timers
     crate::attrs::dump_parked()?; // issue 3: nice/affinity/personality/prctl; refuses seccomp, namespaces
-    Ok(Captured { fds, pipes })
+    Ok(Captured {
+        fds,
+        pipes,
+        zombies,
+    })
 }
 
 fn serve(stream: &mut UnixStream) -> Outcome {
@@ -750,6 +762,7 @@ fn snapshot(generation: u64, dir: &str, c: Captured) -> Result<Snap, String> {
             program: main_thread_name(),
             threads: parked_threads(),
             shared_pending,
+            zombies: c.zombies,
         });
     }
     // SAFETY: CKPT_CTX is only used by this thread and the restorer; see ctx.rs for the
@@ -897,6 +910,7 @@ fn write_image(
                 mm: st.mm,
                 auxv: st.auxv.clone(),
             },
+            zombies: st.zombies.clone(),
             entry: Entry {
                 rbx: c.rbx,
                 rbp: c.rbp,
@@ -1071,6 +1085,15 @@ fn post_restart() -> Result<(), String> {
             let t = s.real_tid.load(Ordering::Relaxed);
             let _ = std::fs::write(format!("/proc/self/task/{t}/comm"), &s.name[..end]);
         }
+    }
+    // Children that had ended: their stand-ins end now, before any process runs on.
+    if !st.zombies.is_empty() {
+        let a = area
+            .as_ref()
+            .ok_or("exited children to re-create, but no restart area")?;
+        let chld = 1u64 << (libc::SIGCHLD - 1);
+        let pending = st.shared_pending & chld != 0 || crate::signals::holds(libc::SIGCHLD);
+        crate::zombies::release(&st.zombies, a, pending)?;
     }
     // Signals that were pending come back pending (values of queued real-time signals
     // are not kept yet).

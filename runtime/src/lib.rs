@@ -33,6 +33,7 @@ mod timerfd;
 mod timers;
 mod tree;
 mod vids;
+mod zombies;
 
 // The interposed libc functions (`getpid`, `fork`, `kill`, `waitpid`, `sigaction`, ...) are
 // `#[no_mangle]` items of `vids`; they are exported by being defined.

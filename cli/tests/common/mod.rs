@@ -310,6 +310,7 @@ pub fn meta(vpid: i32, generation: u64) -> ProcessMeta {
             auxv: vec![],
         },
         entry: Entry::default(),
+        zombies: vec![],
     }
 }
 
