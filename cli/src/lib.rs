@@ -6,6 +6,7 @@ pub mod fmt;
 pub mod inspect;
 pub mod list;
 pub mod restart;
+pub mod sysv;
 
 use anyhow::{bail, Context};
 use ckpt_protocol::{Message, Status};

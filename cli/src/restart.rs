@@ -119,7 +119,9 @@ pub fn run(dir: &Path, generation: Option<u64>, which: Which) -> anyhow::Result<
     });
     let shared = shared_objects(&[&img])?;
     let socks = connected_sockets(&[&img])?;
+    let sysv = crate::sysv::recreate(&[&img.meta])?;
     let mut info = info;
+    info["sysv"] = serde_json::json!(sysv);
     info["sockets"] = serde_json::json!(socks
         .iter()
         .map(|(i, fd)| serde_json::json!({"inode": i, "fd": fd}))
@@ -551,6 +553,8 @@ fn restore_tree(
         .collect();
     let refs: Vec<&Loaded> = imgs.iter().collect();
     let shared_mem = shared_objects(&refs)?;
+    let metas: Vec<&ProcessMeta> = imgs.iter().map(|l| &l.meta).collect();
+    let sysv = crate::sysv::recreate(&metas)?;
     let socks = connected_sockets(&refs)?;
     let socks_json: Vec<serde_json::Value> = socks
         .iter()
@@ -566,6 +570,7 @@ fn restore_tree(
             "area_index": k,
             "pipes": pipes_json,
             "sockets": socks_json,
+            "sysv": sysv,
         });
         prepared.push(prepare(l, &info, &shared_mem)?);
     }

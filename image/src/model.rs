@@ -40,6 +40,79 @@ pub struct ProcessMeta {
     /// Children that had exited but were not yet waited for (meta_version 2).
     #[serde(default)]
     pub zombies: Vec<Zombie>,
+    /// SysV IPC objects the process used (meta_version 2); several processes of a tree may
+    /// list the same object (same `vid`): `ckpt restart` creates it once.
+    #[serde(default)]
+    pub sysv: Vec<SysvObject>,
+    /// This process's SEM_UNDO adjustments (what the kernel would add back at its exit).
+    #[serde(default)]
+    pub sem_adj: Vec<SemAdj>,
+}
+
+/// One SysV IPC object: the id the program knows (`vid`), the kernel's id at the checkpoint
+/// (`real`), its key (0 = IPC_PRIVATE) and permission bits, and its contents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum SysvObject {
+    Sem {
+        vid: i32,
+        real: i32,
+        key: i32,
+        mode: u32,
+        values: Vec<u16>,
+    },
+    Msg {
+        vid: i32,
+        real: i32,
+        key: i32,
+        mode: u32,
+        qbytes: u64,
+        /// The queued messages in order.
+        messages: Vec<SysvMessage>,
+    },
+    Shm {
+        vid: i32,
+        real: i32,
+        key: i32,
+        mode: u32,
+        size: u64,
+        /// The segment's bytes (hex) when this process does not map it; a mapped segment's
+        /// bytes are in the mapping's pages (a `SharedMem` region named `/SYSV…`).
+        data: Option<String>,
+    },
+}
+
+impl SysvObject {
+    pub fn vid(&self) -> i32 {
+        match self {
+            SysvObject::Sem { vid, .. }
+            | SysvObject::Msg { vid, .. }
+            | SysvObject::Shm { vid, .. } => *vid,
+        }
+    }
+    /// "sem", "msg" or "shm".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SysvObject::Sem { .. } => "sem",
+            SysvObject::Msg { .. } => "msg",
+            SysvObject::Shm { .. } => "shm",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SysvMessage {
+    pub mtype: i64,
+    /// The message text (hex).
+    pub data: String,
+}
+
+/// A SEM_UNDO adjustment of semaphore `num` of set `vid`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SemAdj {
+    pub vid: i32,
+    pub num: u16,
+    pub adj: i32,
 }
 
 /// A child that had ended before the checkpoint and that its parent had not yet waited for.

@@ -142,6 +142,8 @@ fn sample_meta() -> ProcessMeta {
             ..Entry::default()
         },
         zombies: vec![],
+        sysv: vec![],
+        sem_adj: vec![],
     }
 }
 

@@ -37,6 +37,9 @@ struct ProcState {
     pipes: Vec<crate::pipes::PipeData>,
     /// Children that had ended and were not yet waited for.
     zombies: Vec<ckpt_image::Zombie>,
+    /// SysV IPC objects and this process's SEM_UNDO adjustments.
+    sysv: Vec<ckpt_image::SysvObject>,
+    sem_adj: Vec<ckpt_image::SemAdj>,
 }
 
 static mut STATE: Option<ProcState> = None;
@@ -473,6 +476,8 @@ struct Captured {
     fds: Vec<FdMeta>,
     pipes: Vec<crate::pipes::PipeData>,
     zombies: Vec<ckpt_image::Zombie>,
+    sysv: Vec<ckpt_image::SysvObject>,
+    sem_adj: Vec<ckpt_image::SemAdj>,
 }
 
 impl Cycle {
@@ -535,11 +540,22 @@ fn capture(own_fd: RawFd) -> Result<Captured, String> {
     crate::signals::take_shared(vids::CKPT_SIG.load(Ordering::Relaxed))?; // issue 3: queued signals with siginfo
     crate::timers::dump()?; // issue 3: setitimer and POSIX timers
     crate::attrs::dump_parked()?; // issue 3: nice/affinity/personality/prctl; refuses seccomp, namespaces
+    let (sysv, sem_adj) = crate::sysv::dump()?;
+    crate::sysv::note_mappings()?;
     Ok(Captured {
         fds,
         pipes,
         zombies,
+        sysv,
+        sem_adj,
     })
+}
+
+/// Parks every user thread, in a new SysV epoch (a blocking SysV call interrupted from
+/// now on is retried by its interposer).
+fn suspend(sig: i32) -> Result<usize, String> {
+    crate::sysv::new_epoch();
+    threads::suspend_all(sig, 10_000)
 }
 
 fn serve(stream: &mut UnixStream) -> Outcome {
@@ -575,7 +591,7 @@ fn serve(stream: &mut UnixStream) -> Outcome {
                 hold,
             } => {
                 let res: Result<(), String> = match phase {
-                    Phase::Suspend => match threads::suspend_all(sig, 10_000) {
+                    Phase::Suspend => match suspend(sig) {
                         Ok(n) => {
                             cy.suspended_at = Some(sys::monotonic_ns());
                             // Elect one drainer per pipe shared with other processes.
@@ -763,6 +779,8 @@ fn snapshot(generation: u64, dir: &str, c: Captured) -> Result<Snap, String> {
             threads: parked_threads(),
             shared_pending,
             zombies: c.zombies,
+            sysv: c.sysv,
+            sem_adj: c.sem_adj,
         });
     }
     // SAFETY: CKPT_CTX is only used by this thread and the restorer; see ctx.rs for the
@@ -911,6 +929,8 @@ fn write_image(
                 auxv: st.auxv.clone(),
             },
             zombies: st.zombies.clone(),
+            sysv: st.sysv.clone(),
+            sem_adj: st.sem_adj.clone(),
             entry: Entry {
                 rbx: c.rbx,
                 rbp: c.rbp,
@@ -948,6 +968,9 @@ struct RestartParams {
     /// Connected sockets re-created by `ckpt restart` (socket inode at checkpoint → fd).
     #[serde(default)]
     sockets: Vec<InheritedSocket>,
+    /// SysV IPC objects re-created by `ckpt restart`: (kind, virtual id, new kernel id).
+    #[serde(default)]
+    sysv: Vec<(String, i32, i32)>,
 }
 
 #[derive(serde::Deserialize)]
@@ -1077,6 +1100,9 @@ fn post_restart() -> Result<(), String> {
         }
     }
     restored?;
+    if let Some(p) = &params {
+        crate::sysv::restore(&st.sysv, &st.sem_adj, &p.sysv)?;
+    }
     crate::attrs::restore_process(); // issue 3: personality, no_new_privs, subreaper, dumpable
     let n = threads::recreate_all()?;
     for s in threads::slots().iter() {

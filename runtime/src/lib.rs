@@ -28,6 +28,7 @@ mod signals;
 mod sockdiag;
 mod sockets;
 mod sys;
+mod sysv;
 mod threads;
 mod timerfd;
 mod timers;

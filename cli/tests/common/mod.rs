@@ -311,6 +311,8 @@ pub fn meta(vpid: i32, generation: u64) -> ProcessMeta {
         },
         entry: Entry::default(),
         zombies: vec![],
+        sysv: vec![],
+        sem_adj: vec![],
     }
 }
 
