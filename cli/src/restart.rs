@@ -191,18 +191,11 @@ fn unhex(s: &str) -> Vec<u8> {
 
 /// A new connected pair for every connected socket of the generation: a socketpair for
 /// UNIX sockets, a new loopback TCP connection for TCP ones. The bytes that were waiting in
-/// each end's receive queue are sent from the other end, so they wait there again.
-/// Returns (socket inode at checkpoint, fd) for every end.
+/// each end's receive queue are sent from the other end, so they wait there again (the
+/// messages of a datagram or seqpacket pair one by one, keeping their boundaries). UNIX
+/// datagram sockets with a name or a one-way connection are made here too (see
+/// `unix_datagram_sockets`). Returns (socket inode at checkpoint, fd) for every socket.
 fn connected_sockets(imgs: &[&Loaded]) -> anyhow::Result<Vec<(u64, RawFd)>> {
-    struct End {
-        inode: u64,
-        domain: i32,
-        stype: i32,
-        local: String,
-        remote: String,
-        peer: u64,
-        rx: Vec<u8>,
-    }
     let mut ends: Vec<End> = Vec::new();
     for l in imgs {
         for f in &l.meta.files {
@@ -215,18 +208,25 @@ fn connected_sockets(imgs: &[&Loaded]) -> anyhow::Result<Vec<(u64, RawFd)>> {
                 remote,
                 peer_inode,
                 rx,
+                messages,
                 ..
             } = &f.kind
             {
-                if state == "connected" && !ends.iter().any(|e| e.inode == *inode) {
+                if let Some(e) = ends.iter_mut().find(|e| e.inode == *inode) {
+                    e.holders += 1;
+                } else {
                     ends.push(End {
+                        holders: 1,
                         inode: *inode,
                         domain: *domain,
                         stype: *stype,
-                        local: local.clone(),
-                        remote: remote.clone(),
+                        state: state.clone(),
+                        local: unhex(local),
+                        remote: unhex(remote),
                         peer: *peer_inode,
                         rx: unhex(rx),
+                        messages: messages.iter().map(|(a, d)| (unhex(a), unhex(d))).collect(),
+                        cwd: l.meta.attrs.cwd.clone(),
                     });
                 }
             }
@@ -234,19 +234,27 @@ fn connected_sockets(imgs: &[&Loaded]) -> anyhow::Result<Vec<(u64, RawFd)>> {
     }
     let mut out: Vec<(u64, RawFd)> = Vec::new();
     for i in 0..ends.len() {
-        if out.iter().any(|(ino, _)| *ino == ends[i].inode) {
+        let e = &ends[i];
+        if e.state != "connected" || out.iter().any(|(ino, _)| *ino == e.inode) {
             continue;
         }
-        let e = &ends[i];
+        let udp = e.domain != libc::AF_UNIX && e.stype == libc::SOCK_DGRAM;
+        if udp {
+            continue; // connected again by its process
+        }
         let j = ends.iter().position(|o| {
             o.inode != e.inode
+                && o.state == "connected"
                 && if e.domain == libc::AF_UNIX {
-                    o.inode == e.peer
+                    o.inode == e.peer && o.peer == e.inode
                 } else {
                     o.local == e.remote && o.remote == e.local
                 }
         });
         let Some(j) = j else {
+            if e.domain == libc::AF_UNIX && e.stype == libc::SOCK_DGRAM {
+                continue; // a one-way connection: `unix_datagram_sockets`
+            }
             bail!(
                 "socket:[{}] was connected to a socket that is not in this checkpoint",
                 e.inode
@@ -275,19 +283,311 @@ fn connected_sockets(imgs: &[&Loaded]) -> anyhow::Result<Vec<(u64, RawFd)>> {
                 high(std::fs::File::from_raw_fd(b))?,
             )
         };
-        use std::io::Write as _;
-        // Bytes waiting for end i are sent by end j's new socket, and vice versa.
-        // SAFETY: borrowing our fds for writes without closing them.
-        unsafe {
-            let mut fb = std::mem::ManuallyDrop::new(std::fs::File::from_raw_fd(b));
-            fb.write_all(&ends[i].rx).context("refilling a socket")?;
-            let mut fa = std::mem::ManuallyDrop::new(std::fs::File::from_raw_fd(a));
-            fa.write_all(&ends[j].rx).context("refilling a socket")?;
-        }
+        // What waited for end i is sent by end j's new socket, and vice versa.
+        refill_end(&ends[i], b)?;
+        refill_end(&ends[j], a)?;
         out.push((ends[i].inode, a));
         out.push((ends[j].inode, b));
     }
+    unix_datagram_sockets(&ends, &mut out)?;
+    // A listening or bound socket shared by several processes (inherited across fork: a
+    // pre-forked server, a shared UDP socket) is made once here and inherited by all.
+    for e in &ends {
+        let shared = e.holders > 1
+            && (e.state == "listening"
+                || e.state == "bound"
+                || (e.state == "connected"
+                    && e.domain != libc::AF_UNIX
+                    && e.stype == libc::SOCK_DGRAM));
+        if shared && !out.iter().any(|(ino, _)| *ino == e.inode) {
+            let fd = shared_socket(e).with_context(|| format!("socket:[{}]", e.inode))?;
+            out.push((e.inode, fd));
+        }
+    }
     Ok(out)
+}
+
+/// A new socket bound (and listening, or connected for UDP) like `e`.
+fn shared_socket(e: &End) -> anyhow::Result<RawFd> {
+    // SAFETY: a new socket of the recorded family and type.
+    let fd = unsafe { libc::socket(e.domain, e.stype, 0) };
+    if fd < 0 {
+        bail!("socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: wrapping our new fd to move it high and clear close-on-exec.
+    let fd = high(unsafe { std::fs::File::from_raw_fd(fd) })?;
+    let one: libc::c_int = 1;
+    if e.domain != libc::AF_UNIX {
+        // SAFETY: setsockopt on our new socket.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                &one as *const _ as *const libc::c_void,
+                4,
+            )
+        };
+    }
+    let r = in_dir(&e.cwd, || {
+        if let Some(p) = (e.domain == libc::AF_UNIX)
+            .then(|| unix_path(&e.local))
+            .flatten()
+        {
+            use std::os::unix::fs::FileTypeExt;
+            if std::fs::symlink_metadata(&p)
+                .map(|m| m.file_type().is_socket())
+                .unwrap_or(false)
+            {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        // SAFETY: bind to the recorded address bytes.
+        unsafe {
+            libc::bind(
+                fd,
+                e.local.as_ptr() as *const libc::sockaddr,
+                e.local.len() as u32,
+            )
+        }
+    });
+    if r != 0 {
+        bail!("binding again: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: listen / connect on our bound socket.
+    if e.state == "listening" && unsafe { libc::listen(fd, 128) } != 0 {
+        bail!("listen: {}", std::io::Error::last_os_error());
+    }
+    if e.state == "connected"
+        // SAFETY: as above.
+        && unsafe { libc::connect(fd, e.remote.as_ptr() as *const libc::sockaddr, e.remote.len() as u32) } != 0
+    {
+        bail!("connecting again: {}", std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// A socket of the generation, as `connected_sockets` sees it.
+struct End {
+    /// How many processes hold it.
+    holders: usize,
+    inode: u64,
+    domain: i32,
+    stype: i32,
+    state: String,
+    local: Vec<u8>,
+    remote: Vec<u8>,
+    peer: u64,
+    rx: Vec<u8>,
+    messages: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The working directory of its process (relative socket paths).
+    cwd: String,
+}
+
+/// Sends what waited in `e`'s receive queue from `from`, its new peer.
+fn refill_end(e: &End, from: RawFd) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    if e.stype == libc::SOCK_STREAM {
+        // SAFETY: borrowing our fd for writes without closing it.
+        let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(from) });
+        return f.write_all(&e.rx).context("refilling a socket");
+    }
+    for (k, (_, data)) in e.messages.iter().enumerate() {
+        // SAFETY: one message from our buffer, without waiting.
+        let n = unsafe {
+            libc::send(
+                from,
+                data.as_ptr() as *const libc::c_void,
+                data.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n != data.len() as isize {
+            bail!(
+                "putting back message {k} of {} of socket:[{}]: {}",
+                e.messages.len(),
+                e.inode,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs `f` with the working directory `cwd` (relative socket paths), then returns.
+fn in_dir<T>(cwd: &str, f: impl FnOnce() -> T) -> T {
+    let back = std::env::current_dir().ok();
+    let _ = std::env::set_current_dir(cwd);
+    let r = f();
+    if let Some(b) = back {
+        let _ = std::env::set_current_dir(b);
+    }
+    r
+}
+
+/// The file of a UNIX path name (None for abstract and unnamed addresses).
+fn unix_path(sa: &[u8]) -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    if sa.len() <= 2 || sa[2] == 0 {
+        return None;
+    }
+    let end = sa[2..]
+        .iter()
+        .position(|&c| c == 0)
+        .map(|p| p + 2)
+        .unwrap_or(sa.len());
+    Some(std::ffi::OsStr::from_bytes(&sa[2..end]).into())
+}
+
+/// A new UNIX datagram socket bound to `sa` (a stale socket file in the way is removed).
+fn bound_datagram(sa: &[u8], cwd: &str) -> anyhow::Result<RawFd> {
+    // SAFETY: a new socket, bound below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0) };
+    if fd < 0 {
+        bail!("socket: {}", std::io::Error::last_os_error());
+    }
+    let r = in_dir(cwd, || {
+        if let Some(p) = unix_path(sa) {
+            use std::os::unix::fs::FileTypeExt;
+            if std::fs::symlink_metadata(&p)
+                .map(|m| m.file_type().is_socket())
+                .unwrap_or(false)
+            {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        // SAFETY: bind to the recorded address bytes.
+        unsafe { libc::bind(fd, sa.as_ptr() as *const libc::sockaddr, sa.len() as u32) }
+    });
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: closing our socket.
+        unsafe { libc::close(fd) };
+        bail!("binding a datagram socket to {} again: {e}", show_unix(sa));
+    }
+    Ok(fd)
+}
+
+fn show_unix(sa: &[u8]) -> String {
+    if sa.len() <= 2 {
+        return "(unnamed)".into();
+    }
+    let name = String::from_utf8_lossy(&sa[2..])
+        .trim_end_matches('\0')
+        .to_string();
+    if sa[2] == 0 {
+        format!("@{}", &name[1.min(name.len())..])
+    } else {
+        name
+    }
+}
+
+/// UNIX datagram sockets that have a name, or a connection to a named socket, are made by
+/// `ckpt restart`: all of them are bound first, then connected, then the datagrams that
+/// waited in each are sent to it again from their sender's address — by the generation's
+/// socket of that name, or by a temporary socket bound to it — so `recvfrom` tells the
+/// same sender and a reply reaches it.
+fn unix_datagram_sockets(ends: &[End], out: &mut Vec<(u64, RawFd)>) -> anyhow::Result<()> {
+    let mut made: Vec<(usize, RawFd)> = Vec::new();
+    for (i, e) in ends.iter().enumerate() {
+        if e.domain != libc::AF_UNIX
+            || e.stype != libc::SOCK_DGRAM
+            || out.iter().any(|(ino, _)| *ino == e.inode)
+        {
+            continue;
+        }
+        let named = e.local.len() > 2;
+        if !named && e.state != "connected" {
+            continue; // an unnamed, unconnected socket: made by its process
+        }
+        let fd = if named {
+            bound_datagram(&e.local, &e.cwd).with_context(|| format!("socket:[{}]", e.inode))?
+        } else {
+            // SAFETY: a new unnamed socket.
+            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0) }
+        };
+        // SAFETY: wrapping our new fd to move it high and clear close-on-exec.
+        let fd = high(unsafe { std::fs::File::from_raw_fd(fd) })?;
+        made.push((i, fd));
+    }
+    for &(i, fd) in &made {
+        let e = &ends[i];
+        if e.state == "connected" {
+            // SAFETY: connect to the recorded peer address.
+            let r = in_dir(&e.cwd, || unsafe {
+                libc::connect(
+                    fd,
+                    e.remote.as_ptr() as *const libc::sockaddr,
+                    e.remote.len() as u32,
+                )
+            });
+            if r != 0 {
+                bail!(
+                    "socket:[{}]: connecting to {} again: {}",
+                    e.inode,
+                    show_unix(&e.remote),
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+    for &(i, fd) in &made {
+        let e = &ends[i];
+        if e.messages.is_empty() {
+            continue;
+        }
+        if e.local.len() <= 2 {
+            bail!(
+                "socket:[{}] is unnamed and has {} datagrams waiting that no socket of the job can send again",
+                e.inode,
+                e.messages.len()
+            );
+        }
+        let _ = fd;
+        for (k, (sender, data)) in e.messages.iter().enumerate() {
+            let own = made
+                .iter()
+                .find(|(j, _)| sender.len() > 2 && ends[*j].local == *sender)
+                .map(|(_, f)| *f);
+            let from = match own {
+                Some(f) => f,
+                None if sender.len() > 2 => bound_datagram(sender, &e.cwd)?,
+                // SAFETY: a new unnamed socket.
+                None => unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0) },
+            };
+            // SAFETY: one datagram from our buffer to the receiver's address.
+            let n = in_dir(&e.cwd, || unsafe {
+                libc::sendto(
+                    from,
+                    data.as_ptr() as *const libc::c_void,
+                    data.len(),
+                    libc::MSG_DONTWAIT,
+                    e.local.as_ptr() as *const libc::sockaddr,
+                    e.local.len() as u32,
+                )
+            });
+            let err = std::io::Error::last_os_error();
+            if own.is_none() {
+                // SAFETY: closing our temporary sender; its file goes too.
+                unsafe { libc::close(from) };
+                if let Some(p) = unix_path(sender) {
+                    in_dir(&e.cwd, || std::fs::remove_file(p).ok());
+                }
+            }
+            if n != data.len() as isize {
+                bail!(
+                    "putting back datagram {k} of {} of socket:[{}] ({}): {err}",
+                    e.messages.len(),
+                    e.inode,
+                    show_unix(&e.local)
+                );
+            }
+        }
+    }
+    for (i, fd) in made {
+        out.push((ends[i].inode, fd));
+    }
+    Ok(())
 }
 
 /// One new memfd per shared-memory object of the generation, filled with the pages its
@@ -1254,6 +1554,76 @@ fn build_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A named datagram socket is made with its waiting datagrams, each from its recorded
+    /// sender (here a name no socket of the generation has: a temporary socket sends).
+    #[test]
+    fn datagram_socket_refilled_from_its_senders() {
+        let dir = std::env::temp_dir().join(format!("ckpt-dgram-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let addr = |name: &str| {
+            let mut v = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+            v.extend_from_slice(dir.join(name).to_str().unwrap().as_bytes());
+            v.push(0);
+            v
+        };
+        let e = End {
+            holders: 1,
+            inode: 1,
+            domain: libc::AF_UNIX,
+            stype: libc::SOCK_DGRAM,
+            state: "bound".into(),
+            local: addr("srv"),
+            remote: vec![],
+            peer: 0,
+            rx: vec![],
+            messages: vec![(addr("cli"), b"hello".to_vec()), (vec![], b"".to_vec())],
+            cwd: "/".into(),
+        };
+        let mut out = Vec::new();
+        unix_datagram_sockets(&[e], &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        let fd = out[0].1;
+        let mut b = [0u8; 16];
+        // SAFETY: zeroed sockaddr for recvfrom.
+        let mut from: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        let mut fl = std::mem::size_of::<libc::sockaddr_un>() as u32;
+        // SAFETY: receiving into our buffers.
+        let n = unsafe {
+            libc::recvfrom(
+                fd,
+                b.as_mut_ptr() as _,
+                16,
+                libc::MSG_DONTWAIT,
+                &mut from as *mut _ as _,
+                &mut fl,
+            )
+        };
+        assert_eq!(&b[..n as usize], b"hello");
+        // SAFETY: the kernel wrote fl bytes.
+        let sender =
+            unsafe { std::slice::from_raw_parts(&from as *const _ as *const u8, fl as usize) };
+        assert_eq!(sender, &addr("cli")[..]);
+        fl = std::mem::size_of::<libc::sockaddr_un>() as u32;
+        // SAFETY: as above.
+        let n = unsafe {
+            libc::recvfrom(
+                fd,
+                b.as_mut_ptr() as _,
+                16,
+                libc::MSG_DONTWAIT,
+                &mut from as *mut _ as _,
+                &mut fl,
+            )
+        };
+        assert_eq!(n, 0);
+        assert!(fl as usize <= 2, "unnamed sender");
+        // The temporary sender's file is gone.
+        assert!(!dir.join("cli").exists());
+        // SAFETY: closing our fd.
+        unsafe { libc::close(fd) };
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// The stand-in of an exited child ends with the recorded status or signal.
     #[test]

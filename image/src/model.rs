@@ -235,6 +235,10 @@ pub enum FdKind {
         /// (level, option, value) of the options that matter (TCP_NODELAY, SO_KEEPALIVE,
         /// buffer sizes, SO_REUSEADDR).
         options: Vec<(i32, i32, i32)>,
+        /// UNIX datagram and seqpacket sockets: the messages waiting in the receive queue,
+        /// in order, each (sender address, bytes) in hex (meta_version 2).
+        #[serde(default)]
+        messages: Vec<(String, String)>,
     },
     Regular {
         path: String,

@@ -65,11 +65,21 @@ fn sysv_ipc() {
     run_in_work("sysv", "300");
 }
 
+/// UNIX datagram and seqpacket socketpairs, a named (path) and an abstract datagram socket
+/// receiving from another process, a TCP connection over IPv6 loopback and a bound UDP
+/// socket, with messages waiting in every queue at each checkpoint: after two restarts
+/// every message arrives once, in order, with its length (boundaries kept) and bytes, from
+/// the same sender address; the UDP socket keeps its address and port.
+#[test]
+fn message_sockets() {
+    run_in_work("dgram", "300");
+}
+
 /// Standalone, the programs pass, and detect damage to their own state.
 #[test]
 fn ipc_programs_self_check() {
     let sb = Sandbox::new("ipc-self");
-    for name in ["sysv"] {
+    for name in ["sysv", "dgram"] {
         let work = sb.work_dir().join(name);
         std::fs::create_dir_all(&work).unwrap();
         let w = work.to_string_lossy().into_owned();
