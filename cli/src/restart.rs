@@ -608,8 +608,38 @@ fn shared_objects(imgs: &[&Loaded]) -> anyhow::Result<Vec<(String, RawFd)>> {
         }
     }
     for (ino, size) in sizes {
-        let fd = memfd(&format!("ckpt-shm-{ino}"), false, &[])?;
-        // SAFETY: sizing our new memfd.
+        // A file on tmpfs is written back at its path (emptied first: pages the image
+        // does not hold were zero), then mapped; other objects become a memfd.
+        let tmpfs = imgs
+            .iter()
+            .flat_map(|l| &l.meta.regions)
+            .find_map(|r| match &r.kind {
+                RegionKind::SharedMem {
+                    ino: i,
+                    name,
+                    file: Some(t),
+                    ..
+                } if *i == ino => Some((name.clone(), *t)),
+                _ => None,
+            });
+        let (fd, size) = match &tmpfs {
+            Some((path, t)) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(t.mode)
+                    .open(path)
+                    .with_context(|| {
+                        format!("writing back {path} (a tmpfs file the program maps)")
+                    })?;
+                (high(f)?, t.size)
+            }
+            None => (memfd(&format!("ckpt-shm-{ino}"), false, &[])?, size),
+        };
+        // SAFETY: sizing our new memfd or file.
         if unsafe { libc::ftruncate(fd, size as i64) } != 0 {
             bail!(
                 "sizing shared memory object {ino}: {}",
@@ -646,6 +676,10 @@ fn shared_objects(imgs: &[&Loaded]) -> anyhow::Result<Vec<(String, RawFd)>> {
                 }
             }
             filled = true;
+        }
+        if let Some((path, _)) = &tmpfs {
+            f.sync_data()
+                .with_context(|| format!("writing back {path}"))?;
         }
         let _ = f.into_raw_fd();
         out.push((format!("shm:{ino}"), fd));
@@ -1238,8 +1272,22 @@ fn check_files(meta: &ProcessMeta, img: &Path) -> anyhow::Result<()> {
             }
         }
     }
+    let tmpfs: Vec<&String> = meta
+        .regions
+        .iter()
+        .filter_map(|r| match &r.kind {
+            RegionKind::SharedMem {
+                name,
+                file: Some(_),
+                ..
+            } => Some(name),
+            _ => None,
+        })
+        .collect();
     for f in &meta.files {
         match &f.kind {
+            // Written back from the image before the restore (a mapped tmpfs file).
+            FdKind::Regular { path, .. } if tmpfs.contains(&path) => {}
             FdKind::Regular { path, .. }
             | FdKind::Directory { path }
             | FdKind::Device { path }

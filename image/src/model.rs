@@ -186,10 +186,23 @@ pub enum RegionKind {
         pgoff: u64,
         name: String,
         saved: bool,
+        /// A file on tmpfs mapped shared (`name` is its path): on restore the file is
+        /// written back at its path from the saved pages and mapped (meta_version 2).
+        #[serde(default)]
+        file: Option<TmpfsFile>,
     },
     Vvar,
     VvarVclock,
     Vdso,
+}
+
+/// A tmpfs file whose contents the image holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsFile {
+    /// File size at the checkpoint.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -384,7 +384,7 @@ fn open_like(f: &FdMeta, path: &str) -> Result<i32, String> {
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
         unsafe { libc::fstat(nfd, &mut st) };
-        if st.st_dev != *dev || st.st_ino != *ino {
+        if (st.st_dev != *dev || st.st_ino != *ino) && !rewritten_tmpfs(path, st.st_ino) {
             // SAFETY: closing our own fd.
             unsafe { libc::close(nfd) };
             return Err(format!(
@@ -394,6 +394,19 @@ fn open_like(f: &FdMeta, path: &str) -> Result<i32, String> {
         }
     }
     Ok(nfd)
+}
+
+/// Whether `path` is a tmpfs file that `ckpt restart` wrote back from the image (then it
+/// may be a new inode): this process maps that very file again.
+fn rewritten_tmpfs(path: &str, ino: u64) -> bool {
+    crate::memory::on_tmpfs(path)
+        && std::fs::read_to_string("/proc/self/maps")
+            .map(|m| {
+                crate::memory::parse_maps(&m)
+                    .iter()
+                    .any(|e| e.shared && e.ino == ino && e.name == path)
+            })
+            .unwrap_or(false)
 }
 
 #[cfg(test)]

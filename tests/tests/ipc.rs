@@ -75,14 +75,91 @@ fn message_sockets() {
     run_in_work("dgram", "300");
 }
 
+/// Files on tmpfs mapped MAP_SHARED (a POSIX shm object shared by parent and child with a
+/// process-shared mutex and condition variable in it, and a /dev/shm file), removed after
+/// each `checkpoint --kill` as a job's cleanup or a reboot would: each restart writes them
+/// back from the image and maps them again — the mappings are the files again (pread
+/// matches), shared (the condition variable still wakes the parent), contents intact.
+#[test]
+fn tmpfs_files_mapped_shared() {
+    let sb = Sandbox::new("tmpfs");
+    let tag = format!("ckpt-tmpfs-{}", std::process::id());
+    let files = [
+        format!("/dev/shm/{tag}-shm"),
+        format!("/dev/shm/{tag}-data"),
+    ];
+    let run = || -> Result<String, String> {
+        let mut job = sb.launch("tmpfs", &programs().path("tmpfs"), &["300", &tag]);
+        job.wait_tick(3, START_TIMEOUT)?;
+        let mut log = String::new();
+        for cycle in 1..=2 {
+            let before = job.max_tick().unwrap_or(0);
+            let ck = sb.checkpoint(true);
+            if !ck.success() {
+                return Err(format!("checkpoint {cycle} failed:\n{}", ck.report()));
+            }
+            job.wait_exit(DIE_TIMEOUT)?;
+            for f in &files {
+                std::fs::remove_file(f).map_err(|e| format!("cycle {cycle}: removing {f}: {e}"))?;
+            }
+            let new = sb.restart(&format!("tmpfs #{cycle}"));
+            let first =
+                new.wait_for_line(|l| l.tick().is_some() || l.is_fail(), RESTART_TIMEOUT)?;
+            if first.is_fail() {
+                return Err(format!(
+                    "restart {cycle}: {}\n{}",
+                    first.text,
+                    new.transcript(20)
+                ));
+            }
+            let t = first.tick().unwrap();
+            if t <= before {
+                return Err(format!(
+                    "restart {cycle} went back to tick {t} (had {before})"
+                ));
+            }
+            new.wait_tick(t + 3, START_TIMEOUT)?;
+            log.push_str(&format!("cycle {cycle}: tick {before} -> {t}\n"));
+            job = new;
+        }
+        let st = job.wait_exit(FINISH_TIMEOUT)?;
+        if let Some(f) = job.first_fail() {
+            return Err(format!("after restart 2: {f}"));
+        }
+        check_consecutive("tmpfs", &job)?;
+        if !st.success() || !job.stdout_lines().iter().any(|l| l == "PASS") {
+            return Err(format!(
+                "ended with {}\n{}",
+                describe(Some(st)),
+                job.transcript(20)
+            ));
+        }
+        Ok(log)
+    };
+    let r = run();
+    for f in &files {
+        let _ = std::fs::remove_file(f);
+    }
+    match r {
+        Ok(log) => println!("tmpfs: PASS\n{log}"),
+        Err(e) => panic!("\n{e}"),
+    }
+}
+
 /// Standalone, the programs pass, and detect damage to their own state.
 #[test]
 fn ipc_programs_self_check() {
     let sb = Sandbox::new("ipc-self");
-    for name in ["sysv", "dgram"] {
+    for name in ["sysv", "dgram", "tmpfs"] {
         let work = sb.work_dir().join(name);
         std::fs::create_dir_all(&work).unwrap();
-        let w = work.to_string_lossy().into_owned();
+        // tmpfs takes a name tag, the others a directory.
+        let tag = |k: &str| format!("ckpt-self-{}-{k}", std::process::id());
+        let w = if name == "tmpfs" {
+            tag("a")
+        } else {
+            work.to_string_lossy().into_owned()
+        };
         let prog = programs().path(name);
         let t = std::time::Duration::from_secs(60);
         let (out, lines) = run_standalone(&prog, &["12", &w], &[], t);
@@ -93,10 +170,17 @@ fn ipc_programs_self_check() {
         );
         let work2 = sb.work_dir().join(format!("{name}-corrupt"));
         std::fs::create_dir_all(&work2).unwrap();
-        let w2 = work2.to_string_lossy().into_owned();
+        let w2 = if name == "tmpfs" {
+            tag("b")
+        } else {
+            work2.to_string_lossy().into_owned()
+        };
         let (out, lines) = run_standalone(&prog, &["12", &w2], &[("CKPT_TEST_CORRUPT", "3")], t);
         remove_sysv(&work);
         remove_sysv(&work2);
+        for k in ["a-shm", "a-data", "b-shm", "b-data"] {
+            let _ = std::fs::remove_file(format!("/dev/shm/{}", tag(k)));
+        }
         assert!(
             !out.success() && lines.iter().any(|l| l.starts_with("FAIL ")),
             "{}",
