@@ -1332,6 +1332,7 @@ fn check_files(meta: &ProcessMeta, img: &Path) -> anyhow::Result<()> {
             | FdKind::SignalFd { .. }
             | FdKind::Epoll { .. }
             | FdKind::Memfd { .. }
+            | FdKind::PidFd { .. }
             | FdKind::Deleted { .. } => {}
         }
     }

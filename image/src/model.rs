@@ -313,6 +313,11 @@ pub enum FdKind {
     Inotify {
         watches: Vec<InotifyWatch>,
     },
+    /// A pidfd (`pidfd_open`) on a process of the job, by its virtual pid; opened again
+    /// on the restored process (meta_version 2).
+    PidFd {
+        vpid: i32,
+    },
     /// A memfd: its contents (kept in the runtime's memory, hence in the image), seals and
     /// offset. `inode` groups fds opened separately on the same memfd.
     Memfd {

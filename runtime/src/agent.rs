@@ -1143,6 +1143,7 @@ fn post_restart() -> Result<(), String> {
         a.barrier(60_000)?;
         vids::set_pid_map(&a.pairs());
     }
+    vids::reopen_pidfds(&st.fds)?;
     info!("restart: {n} thread(s) recreated");
     crate::timers::restore()?; // issue 3: setitimer and POSIX timers (new tids known)
     crate::attrs::restore_threads(&threads::real_tid); // issue 3: per-thread nice and affinity

@@ -147,6 +147,7 @@ fn classify(fd: i32, fl: i32, cloexec: bool, skip: &[i32]) -> Result<Option<FdMe
             "[signalfd]" => crate::signalfd::describe(fd, &info)?,
             "[eventpoll]" => crate::epoll::describe(fd, &info, skip)?,
             "inotify" => crate::inotify::describe(fd, &info)?,
+            "[pidfd]" => crate::vids::describe_pidfd(fd, &info)?,
             _ => {
                 return Err(format!(
                     "fd {fd} ({link}) is a special file of a kind not supported (userfaultfd, perf, bpf, io_uring, pidfd, fanotify... cannot be checkpointed)"
@@ -160,6 +161,7 @@ fn classify(fd: i32, fl: i32, cloexec: bool, skip: &[i32]) -> Result<Option<FdMe
     } else if fmt == libc::S_IFREG && link.starts_with('/') && !deleted {
         // SAFETY: lseek on a regular file fd.
         let off = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+        proc_of_job(fd, &link)?;
         FdKind::Regular {
             path: proc_self_path(&link),
             offset: off.max(0) as u64,
@@ -167,6 +169,7 @@ fn classify(fd: i32, fl: i32, cloexec: bool, skip: &[i32]) -> Result<Option<FdMe
             ino: st.st_ino,
         }
     } else if fmt == libc::S_IFDIR && link.starts_with('/') {
+        proc_of_job(fd, &link)?;
         FdKind::Directory {
             path: proc_self_path(&link),
         }
@@ -207,6 +210,25 @@ fn classify(fd: i32, fl: i32, cloexec: bool, skip: &[i32]) -> Result<Option<FdMe
         cloexec,
         kind,
     }))
+}
+
+/// A descriptor on `/proc/<pid>/...` of *another* process of the job cannot be reopened
+/// after a restart before the tree's new pids are known: refused.
+fn proc_of_job(fd: i32, link: &str) -> Result<(), String> {
+    let Some(rest) = link.strip_prefix("/proc/") else {
+        return Ok(());
+    };
+    let num: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let Ok(pid) = num.parse::<i32>() else {
+        return Ok(());
+    };
+    if pid != crate::sys::getpid_real() && crate::process::runs_runtime(pid) {
+        return Err(format!(
+            "fd {fd} is open on {link}, a /proc directory of another process of the job (vpid {}): such descriptors cannot be reopened after a restart; open them again when needed (paths opened by name are translated)",
+            crate::vids::virtual_of(pid)
+        ));
+    }
+    Ok(())
 }
 
 /// `/proc/<our pid>/...` becomes `/proc/self/...`: the pid changes with a restart.
@@ -255,6 +277,8 @@ pub fn restore(
                 FdKind::Memfd { .. } | FdKind::Deleted { .. } => {
                     crate::memfd::open(f.fd, &f.kind, f.flags, &mut made, min_fd)?
                 }
+                // Holds the number until the tree's pids are known (`vids::reopen_pidfds`).
+                FdKind::PidFd { .. } => open_like(f, "/dev/null")?,
             };
             // SAFETY: moving our new fd above every recorded number.
             let t = unsafe { libc::fcntl(nfd, libc::F_DUPFD_CLOEXEC, min_fd) };

@@ -146,11 +146,20 @@ fn tmpfs_files_mapped_shared() {
     }
 }
 
+/// A pidfd kept open across restarts and new `pidfd_open`s of a child's (virtual) pid
+/// signal that very child; `/proc/<pid>/...` paths of the job's processes opened by name
+/// (open, fopen, opendir, access) are those processes'; `waitid(P_PIDFD)` reaps the child
+/// with its pid.
+#[test]
+fn pidfds_and_proc_paths() {
+    run_in_work("procpid", "300");
+}
+
 /// Standalone, the programs pass, and detect damage to their own state.
 #[test]
 fn ipc_programs_self_check() {
     let sb = Sandbox::new("ipc-self");
-    for name in ["sysv", "dgram", "tmpfs"] {
+    for name in ["sysv", "dgram", "tmpfs", "procpid"] {
         let work = sb.work_dir().join(name);
         std::fs::create_dir_all(&work).unwrap();
         // tmpfs takes a name tag, the others a directory.
