@@ -111,9 +111,13 @@ pub fn classify(e: &MapsEntry) -> Result<Option<Classified>, String> {
         if e.name.starts_with('/') && !e.name.ends_with(" (deleted)") {
             use std::os::unix::fs::{MetadataExt, PermissionsExt};
             if let Ok(md) = std::fs::metadata(&e.name) {
-                if md.ino() == e.ino && md.is_file() && on_tmpfs(&e.name) {
-                    // A file on tmpfs (/dev/shm, POSIX shm_open, a tmpfs /tmp) is memory:
-                    // it may be gone when the job is restarted. Its pages are saved like
+                // SAFETY: getuid has no preconditions.
+                let ours = md.uid() == unsafe { libc::getuid() };
+                if md.ino() == e.ino && md.is_file() && (e.prot.write || ours) && on_tmpfs(&e.name)
+                {
+                    // A file on tmpfs (/dev/shm, POSIX shm_open, a tmpfs /tmp) that the job
+                    // writes (or owns) is memory: it may be gone when the job is restarted.
+                    // (A system file mapped read-only, e.g. nscd's cache, stays a file.) Its pages are saved like
                     // shared memory and the file is written back on restore.
                     return mk(
                         RegionKind::SharedMem {
