@@ -155,11 +155,46 @@ fn pidfds_and_proc_paths() {
     run_in_work("procpid", "300");
 }
 
+/// A client connected to a listening socket (UNIX, then TCP) that has not accepted it yet:
+/// the checkpoint is refused with a message naming the listening socket, and the job runs
+/// on to PASS (it accepts at the end and finds the bytes).
+#[test]
+fn connections_waiting_to_be_accepted_are_refused() {
+    let sb = Sandbox::new("pending");
+    let work = sb.work_dir();
+    let w = work.to_string_lossy().into_owned();
+    for (mode, listener) in [
+        ("unix", format!("{w}/l.sock")),
+        ("tcp", "127.0.0.1:".to_string()),
+    ] {
+        let mut job = sb.launch("pending", &programs().path("pending"), &["60", &w, mode]);
+        job.wait_tick(3, START_TIMEOUT).unwrap();
+        let ck = sb.checkpoint(false);
+        assert!(
+            !ck.success(),
+            "{mode}: the checkpoint succeeded:\n{}",
+            ck.report()
+        );
+        assert!(
+            ck.stderr.contains("has not accepted the connection yet")
+                && ck.stderr.contains(&format!("listening socket {listener}")),
+            "{mode}: unexpected refusal:\n{}",
+            ck.report()
+        );
+        let st = job.wait_exit(FINISH_TIMEOUT).unwrap();
+        assert!(
+            st.success() && job.stdout_lines().iter().any(|l| l == "PASS"),
+            "{mode}: the job did not run on to PASS after the refused checkpoint:\n{}",
+            job.transcript(20)
+        );
+    }
+}
+
 /// Standalone, the programs pass, and detect damage to their own state.
 #[test]
 fn ipc_programs_self_check() {
     let sb = Sandbox::new("ipc-self");
-    for name in ["sysv", "dgram", "tmpfs", "procpid"] {
+    for name in ["sysv", "dgram", "tmpfs", "procpid", "pending"] {
         let work = sb.work_dir().join(name);
         std::fs::create_dir_all(&work).unwrap();
         // tmpfs takes a name tag, the others a directory.
