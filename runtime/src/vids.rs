@@ -682,6 +682,48 @@ pub unsafe extern "C" fn openat64(
     unsafe { openat(dirfd, path, flags, mode) }
 }
 
+/// `_FORTIFY_SOURCE` builds call these instead of `open`/`openat`.
+///
+/// # Safety
+/// Same contract as glibc's __open_2.
+#[no_mangle]
+pub unsafe extern "C" fn __open_2(path: *const libc::c_char, flags: libc::c_int) -> libc::c_int {
+    // SAFETY: forwarded (no O_CREAT/O_TMPFILE here: no mode).
+    unsafe { open(path, flags, 0) }
+}
+
+/// # Safety
+/// Same contract as glibc's __open64_2.
+#[no_mangle]
+pub unsafe extern "C" fn __open64_2(path: *const libc::c_char, flags: libc::c_int) -> libc::c_int {
+    // SAFETY: forwarded.
+    unsafe { open(path, flags, 0) }
+}
+
+/// # Safety
+/// Same contract as glibc's __openat_2.
+#[no_mangle]
+pub unsafe extern "C" fn __openat_2(
+    dirfd: libc::c_int,
+    path: *const libc::c_char,
+    flags: libc::c_int,
+) -> libc::c_int {
+    // SAFETY: forwarded.
+    unsafe { openat(dirfd, path, flags, 0) }
+}
+
+/// # Safety
+/// Same contract as glibc's __openat64_2.
+#[no_mangle]
+pub unsafe extern "C" fn __openat64_2(
+    dirfd: libc::c_int,
+    path: *const libc::c_char,
+    flags: libc::c_int,
+) -> libc::c_int {
+    // SAFETY: forwarded.
+    unsafe { openat(dirfd, path, flags, 0) }
+}
+
 /// # Safety
 /// Same contract as libc's fopen.
 #[no_mangle]
