@@ -378,6 +378,7 @@ fn print_image(p: &InspectedImage) {
                     .join("; "),
                 None,
             ),
+            FdKind::PidFd { vpid } => ("pidfd", format!("process {vpid}"), None),
             FdKind::Memfd {
                 name,
                 size,

@@ -7,6 +7,7 @@ pub mod inspect;
 pub mod list;
 pub mod rendezvous;
 pub mod restart;
+pub mod sysv;
 
 use anyhow::{bail, Context};
 use ckpt_protocol::{Message, Status};

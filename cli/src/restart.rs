@@ -134,6 +134,10 @@ pub fn run(
     };
     let img_path = gen.path.join(&proc_.file);
     let img = Loaded::open(&img_path)?;
+    if !img.meta.zombies.is_empty() {
+        // Exited children are re-created by the tree restore (restart area, stand-ins).
+        return restore_tree(&dir, &gen, manifest, &[proc_]);
+    }
     let socket = crate::coord::restart_socket(&dir)?;
     let info = serde_json::json!({
         "socket": socket,
@@ -142,7 +146,9 @@ pub fn run(
     });
     let shared = shared_objects(&[&img])?;
     let socks = connected_sockets(&[&img], &dir, gen.number, &socket)?;
+    let sysv = crate::sysv::recreate(&[&img.meta])?;
     let mut info = info;
+    info["sysv"] = serde_json::json!(sysv);
     info["sockets"] = serde_json::json!(socks
         .iter()
         .map(|(i, fd)| serde_json::json!({"inode": i, "fd": fd}))
@@ -351,26 +357,19 @@ fn unhex(s: &str) -> Vec<u8> {
 
 /// A new connected pair for every connected socket of the generation: a socketpair for
 /// UNIX sockets, a new loopback TCP connection for TCP ones. The bytes that were waiting in
-/// each end's receive queue are sent from the other end, so they wait there again.
-/// A TCP connection whose other end is not among `imgs` (a process restored by another
-/// `ckpt restart`, maybe on another host) is re-established through the coordinator's
-/// rendezvous (see `rendezvous.rs`).
-/// Returns (socket inode at checkpoint, fd) for every end.
+/// each end's receive queue are sent from the other end, so they wait there again (the
+/// messages of a datagram or seqpacket pair one by one, keeping their boundaries). UNIX
+/// datagram sockets with a name or a one-way connection are made here too (see
+/// `unix_datagram_sockets`). A TCP connection whose other end is not among `imgs` (a
+/// process restored by another `ckpt restart`, maybe on another host) is re-established
+/// through the coordinator's rendezvous (see `rendezvous.rs`). Returns (socket inode at
+/// checkpoint, fd) for every socket.
 fn connected_sockets(
     imgs: &[&Loaded],
     dir: &Path,
     generation: u64,
     coordinator: &str,
 ) -> anyhow::Result<Vec<(u64, RawFd)>> {
-    struct End {
-        inode: u64,
-        domain: i32,
-        stype: i32,
-        local: String,
-        remote: String,
-        peer: u64,
-        rx: Vec<u8>,
-    }
     let mut ends: Vec<End> = Vec::new();
     for l in imgs {
         for f in &l.meta.files {
@@ -383,18 +382,25 @@ fn connected_sockets(
                 remote,
                 peer_inode,
                 rx,
+                messages,
                 ..
             } = &f.kind
             {
-                if state == "connected" && !ends.iter().any(|e| e.inode == *inode) {
+                if let Some(e) = ends.iter_mut().find(|e| e.inode == *inode) {
+                    e.holders += 1;
+                } else {
                     ends.push(End {
+                        holders: 1,
                         inode: *inode,
                         domain: *domain,
                         stype: *stype,
-                        local: local.clone(),
-                        remote: remote.clone(),
+                        state: state.clone(),
+                        local: unhex(local),
+                        remote: unhex(remote),
                         peer: *peer_inode,
                         rx: unhex(rx),
+                        messages: messages.iter().map(|(a, d)| (unhex(a), unhex(d))).collect(),
+                        cwd: l.meta.attrs.cwd.clone(),
                     });
                 }
             }
@@ -402,28 +408,35 @@ fn connected_sockets(
     }
     let mut out: Vec<(u64, RawFd)> = Vec::new();
     for i in 0..ends.len() {
-        if out.iter().any(|(ino, _)| *ino == ends[i].inode) {
+        let e = &ends[i];
+        if e.state != "connected" || out.iter().any(|(ino, _)| *ino == e.inode) {
             continue;
         }
-        let e = &ends[i];
+        let udp = e.domain != libc::AF_UNIX && e.stype == libc::SOCK_DGRAM;
+        if udp {
+            continue; // connected again by its process
+        }
         let j = ends.iter().position(|o| {
             o.inode != e.inode
+                && o.state == "connected"
                 && if e.domain == libc::AF_UNIX {
-                    o.inode == e.peer
+                    o.inode == e.peer && o.peer == e.inode
                 } else {
                     o.local == e.remote && o.remote == e.local
                 }
         });
         let Some(j) = j else {
+            if e.domain == libc::AF_UNIX && e.stype == libc::SOCK_DGRAM {
+                continue; // a one-way connection: `unix_datagram_sockets`
+            }
             if e.domain == libc::AF_INET || e.domain == libc::AF_INET6 {
-                let (local, remote) = (unhex(&e.local), unhex(&e.remote));
                 let s = crate::rendezvous::reconnect(
                     dir,
                     coordinator,
                     generation,
                     &crate::rendezvous::RemoteEnd {
-                        local: &local,
-                        remote: &remote,
+                        local: &e.local,
+                        remote: &e.remote,
                         rx: &e.rx,
                     },
                 )?;
@@ -460,19 +473,311 @@ fn connected_sockets(
                 high(std::fs::File::from_raw_fd(b))?,
             )
         };
-        use std::io::Write as _;
-        // Bytes waiting for end i are sent by end j's new socket, and vice versa.
-        // SAFETY: borrowing our fds for writes without closing them.
-        unsafe {
-            let mut fb = std::mem::ManuallyDrop::new(std::fs::File::from_raw_fd(b));
-            fb.write_all(&ends[i].rx).context("refilling a socket")?;
-            let mut fa = std::mem::ManuallyDrop::new(std::fs::File::from_raw_fd(a));
-            fa.write_all(&ends[j].rx).context("refilling a socket")?;
-        }
+        // What waited for end i is sent by end j's new socket, and vice versa.
+        refill_end(&ends[i], b)?;
+        refill_end(&ends[j], a)?;
         out.push((ends[i].inode, a));
         out.push((ends[j].inode, b));
     }
+    unix_datagram_sockets(&ends, &mut out)?;
+    // A listening or bound socket shared by several processes (inherited across fork: a
+    // pre-forked server, a shared UDP socket) is made once here and inherited by all.
+    for e in &ends {
+        let shared = e.holders > 1
+            && (e.state == "listening"
+                || e.state == "bound"
+                || (e.state == "connected"
+                    && e.domain != libc::AF_UNIX
+                    && e.stype == libc::SOCK_DGRAM));
+        if shared && !out.iter().any(|(ino, _)| *ino == e.inode) {
+            let fd = shared_socket(e).with_context(|| format!("socket:[{}]", e.inode))?;
+            out.push((e.inode, fd));
+        }
+    }
     Ok(out)
+}
+
+/// A new socket bound (and listening, or connected for UDP) like `e`.
+fn shared_socket(e: &End) -> anyhow::Result<RawFd> {
+    // SAFETY: a new socket of the recorded family and type.
+    let fd = unsafe { libc::socket(e.domain, e.stype, 0) };
+    if fd < 0 {
+        bail!("socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: wrapping our new fd to move it high and clear close-on-exec.
+    let fd = high(unsafe { std::fs::File::from_raw_fd(fd) })?;
+    let one: libc::c_int = 1;
+    if e.domain != libc::AF_UNIX {
+        // SAFETY: setsockopt on our new socket.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                &one as *const _ as *const libc::c_void,
+                4,
+            )
+        };
+    }
+    let r = in_dir(&e.cwd, || {
+        if let Some(p) = (e.domain == libc::AF_UNIX)
+            .then(|| unix_path(&e.local))
+            .flatten()
+        {
+            use std::os::unix::fs::FileTypeExt;
+            if std::fs::symlink_metadata(&p)
+                .map(|m| m.file_type().is_socket())
+                .unwrap_or(false)
+            {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        // SAFETY: bind to the recorded address bytes.
+        unsafe {
+            libc::bind(
+                fd,
+                e.local.as_ptr() as *const libc::sockaddr,
+                e.local.len() as u32,
+            )
+        }
+    });
+    if r != 0 {
+        bail!("binding again: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: listen / connect on our bound socket.
+    if e.state == "listening" && unsafe { libc::listen(fd, 128) } != 0 {
+        bail!("listen: {}", std::io::Error::last_os_error());
+    }
+    if e.state == "connected"
+        // SAFETY: as above.
+        && unsafe { libc::connect(fd, e.remote.as_ptr() as *const libc::sockaddr, e.remote.len() as u32) } != 0
+    {
+        bail!("connecting again: {}", std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// A socket of the generation, as `connected_sockets` sees it.
+struct End {
+    /// How many processes hold it.
+    holders: usize,
+    inode: u64,
+    domain: i32,
+    stype: i32,
+    state: String,
+    local: Vec<u8>,
+    remote: Vec<u8>,
+    peer: u64,
+    rx: Vec<u8>,
+    messages: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The working directory of its process (relative socket paths).
+    cwd: String,
+}
+
+/// Sends what waited in `e`'s receive queue from `from`, its new peer.
+fn refill_end(e: &End, from: RawFd) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    if e.stype == libc::SOCK_STREAM {
+        // SAFETY: borrowing our fd for writes without closing it.
+        let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(from) });
+        return f.write_all(&e.rx).context("refilling a socket");
+    }
+    for (k, (_, data)) in e.messages.iter().enumerate() {
+        // SAFETY: one message from our buffer, without waiting.
+        let n = unsafe {
+            libc::send(
+                from,
+                data.as_ptr() as *const libc::c_void,
+                data.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n != data.len() as isize {
+            bail!(
+                "putting back message {k} of {} of socket:[{}]: {}",
+                e.messages.len(),
+                e.inode,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs `f` with the working directory `cwd` (relative socket paths), then returns.
+fn in_dir<T>(cwd: &str, f: impl FnOnce() -> T) -> T {
+    let back = std::env::current_dir().ok();
+    let _ = std::env::set_current_dir(cwd);
+    let r = f();
+    if let Some(b) = back {
+        let _ = std::env::set_current_dir(b);
+    }
+    r
+}
+
+/// The file of a UNIX path name (None for abstract and unnamed addresses).
+fn unix_path(sa: &[u8]) -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    if sa.len() <= 2 || sa[2] == 0 {
+        return None;
+    }
+    let end = sa[2..]
+        .iter()
+        .position(|&c| c == 0)
+        .map(|p| p + 2)
+        .unwrap_or(sa.len());
+    Some(std::ffi::OsStr::from_bytes(&sa[2..end]).into())
+}
+
+/// A new UNIX datagram socket bound to `sa` (a stale socket file in the way is removed).
+fn bound_datagram(sa: &[u8], cwd: &str) -> anyhow::Result<RawFd> {
+    // SAFETY: a new socket, bound below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0) };
+    if fd < 0 {
+        bail!("socket: {}", std::io::Error::last_os_error());
+    }
+    let r = in_dir(cwd, || {
+        if let Some(p) = unix_path(sa) {
+            use std::os::unix::fs::FileTypeExt;
+            if std::fs::symlink_metadata(&p)
+                .map(|m| m.file_type().is_socket())
+                .unwrap_or(false)
+            {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        // SAFETY: bind to the recorded address bytes.
+        unsafe { libc::bind(fd, sa.as_ptr() as *const libc::sockaddr, sa.len() as u32) }
+    });
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: closing our socket.
+        unsafe { libc::close(fd) };
+        bail!("binding a datagram socket to {} again: {e}", show_unix(sa));
+    }
+    Ok(fd)
+}
+
+fn show_unix(sa: &[u8]) -> String {
+    if sa.len() <= 2 {
+        return "(unnamed)".into();
+    }
+    let name = String::from_utf8_lossy(&sa[2..])
+        .trim_end_matches('\0')
+        .to_string();
+    if sa[2] == 0 {
+        format!("@{}", &name[1.min(name.len())..])
+    } else {
+        name
+    }
+}
+
+/// UNIX datagram sockets that have a name, or a connection to a named socket, are made by
+/// `ckpt restart`: all of them are bound first, then connected, then the datagrams that
+/// waited in each are sent to it again from their sender's address — by the generation's
+/// socket of that name, or by a temporary socket bound to it — so `recvfrom` tells the
+/// same sender and a reply reaches it.
+fn unix_datagram_sockets(ends: &[End], out: &mut Vec<(u64, RawFd)>) -> anyhow::Result<()> {
+    let mut made: Vec<(usize, RawFd)> = Vec::new();
+    for (i, e) in ends.iter().enumerate() {
+        if e.domain != libc::AF_UNIX
+            || e.stype != libc::SOCK_DGRAM
+            || out.iter().any(|(ino, _)| *ino == e.inode)
+        {
+            continue;
+        }
+        let named = e.local.len() > 2;
+        if !named && e.state != "connected" {
+            continue; // an unnamed, unconnected socket: made by its process
+        }
+        let fd = if named {
+            bound_datagram(&e.local, &e.cwd).with_context(|| format!("socket:[{}]", e.inode))?
+        } else {
+            // SAFETY: a new unnamed socket.
+            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0) }
+        };
+        // SAFETY: wrapping our new fd to move it high and clear close-on-exec.
+        let fd = high(unsafe { std::fs::File::from_raw_fd(fd) })?;
+        made.push((i, fd));
+    }
+    for &(i, fd) in &made {
+        let e = &ends[i];
+        if e.state == "connected" {
+            // SAFETY: connect to the recorded peer address.
+            let r = in_dir(&e.cwd, || unsafe {
+                libc::connect(
+                    fd,
+                    e.remote.as_ptr() as *const libc::sockaddr,
+                    e.remote.len() as u32,
+                )
+            });
+            if r != 0 {
+                bail!(
+                    "socket:[{}]: connecting to {} again: {}",
+                    e.inode,
+                    show_unix(&e.remote),
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+    for &(i, fd) in &made {
+        let e = &ends[i];
+        if e.messages.is_empty() {
+            continue;
+        }
+        if e.local.len() <= 2 {
+            bail!(
+                "socket:[{}] is unnamed and has {} datagrams waiting that no socket of the job can send again",
+                e.inode,
+                e.messages.len()
+            );
+        }
+        let _ = fd;
+        for (k, (sender, data)) in e.messages.iter().enumerate() {
+            let own = made
+                .iter()
+                .find(|(j, _)| sender.len() > 2 && ends[*j].local == *sender)
+                .map(|(_, f)| *f);
+            let from = match own {
+                Some(f) => f,
+                None if sender.len() > 2 => bound_datagram(sender, &e.cwd)?,
+                // SAFETY: a new unnamed socket.
+                None => unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0) },
+            };
+            // SAFETY: one datagram from our buffer to the receiver's address.
+            let n = in_dir(&e.cwd, || unsafe {
+                libc::sendto(
+                    from,
+                    data.as_ptr() as *const libc::c_void,
+                    data.len(),
+                    libc::MSG_DONTWAIT,
+                    e.local.as_ptr() as *const libc::sockaddr,
+                    e.local.len() as u32,
+                )
+            });
+            let err = std::io::Error::last_os_error();
+            if own.is_none() {
+                // SAFETY: closing our temporary sender; its file goes too.
+                unsafe { libc::close(from) };
+                if let Some(p) = unix_path(sender) {
+                    in_dir(&e.cwd, || std::fs::remove_file(p).ok());
+                }
+            }
+            if n != data.len() as isize {
+                bail!(
+                    "putting back datagram {k} of {} of socket:[{}] ({}): {err}",
+                    e.messages.len(),
+                    e.inode,
+                    show_unix(&e.local)
+                );
+            }
+        }
+    }
+    for (i, fd) in made {
+        out.push((ends[i].inode, fd));
+    }
+    Ok(())
 }
 
 /// One new memfd per shared-memory object of the generation, filled with the pages its
@@ -493,8 +798,38 @@ fn shared_objects(imgs: &[&Loaded]) -> anyhow::Result<Vec<(String, RawFd)>> {
         }
     }
     for (ino, size) in sizes {
-        let fd = memfd(&format!("ckpt-shm-{ino}"), false, &[])?;
-        // SAFETY: sizing our new memfd.
+        // A file on tmpfs is written back at its path (emptied first: pages the image
+        // does not hold were zero), then mapped; other objects become a memfd.
+        let tmpfs = imgs
+            .iter()
+            .flat_map(|l| &l.meta.regions)
+            .find_map(|r| match &r.kind {
+                RegionKind::SharedMem {
+                    ino: i,
+                    name,
+                    file: Some(t),
+                    ..
+                } if *i == ino => Some((name.clone(), *t)),
+                _ => None,
+            });
+        let (fd, size) = match &tmpfs {
+            Some((path, t)) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(t.mode)
+                    .open(path)
+                    .with_context(|| {
+                        format!("writing back {path} (a tmpfs file the program maps)")
+                    })?;
+                (high(f)?, t.size)
+            }
+            None => (memfd(&format!("ckpt-shm-{ino}"), false, &[])?, size),
+        };
+        // SAFETY: sizing our new memfd or file.
         if unsafe { libc::ftruncate(fd, size as i64) } != 0 {
             bail!(
                 "sizing shared memory object {ino}: {}",
@@ -531,6 +866,10 @@ fn shared_objects(imgs: &[&Loaded]) -> anyhow::Result<Vec<(String, RawFd)>> {
                 }
             }
             filled = true;
+        }
+        if let Some((path, _)) = &tmpfs {
+            f.sync_data()
+                .with_context(|| format!("writing back {path}"))?;
         }
         let _ = f.into_raw_fd();
         out.push((format!("shm:{ino}"), fd));
@@ -786,10 +1125,24 @@ fn restore_tree(
             }
         }
     }
-    // The shared area: pid map and the restart barrier (re-executed launchers do not take
-    // part in the barrier: they count as arrived).
-    let n = nodes.len();
-    let area_len = AREA_HEADER + n * 8;
+    // Exited children not yet waited for: (parent's node index, description); each gets
+    // a place in the area after the living processes.
+    let zombies: Vec<(usize, ckpt_image::Zombie)> = imgs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, l)| {
+            let node = nodes
+                .iter()
+                .position(|x| matches!(x.kind, NodeKind::Image(k) if k == i))
+                .unwrap_or(i);
+            l.meta.zombies.iter().map(move |z| (node, z.clone()))
+        })
+        .collect();
+    // The shared area: pid map, the restart barrier (re-executed launchers do not take part
+    // in it: they count as arrived), the stand-ins' release words.
+    let live = nodes.len();
+    let n = live + zombies.len();
+    let area_len = AREA_HEADER + n * 12;
     let mut init = vec![0u8; area_len];
     init[0..4].copy_from_slice(&AREA_MAGIC.to_le_bytes());
     init[4..8].copy_from_slice(&(n as u32).to_le_bytes());
@@ -823,6 +1176,8 @@ fn restore_tree(
         .collect();
     let refs: Vec<&Loaded> = imgs.iter().collect();
     let shared_mem = shared_objects(&refs)?;
+    let metas: Vec<&ProcessMeta> = imgs.iter().map(|l| &l.meta).collect();
+    let sysv = crate::sysv::recreate(&metas)?;
     let socks = connected_sockets(&refs, dir, gen.number, &socket)?;
     let ptys = ptys_json(&pty_pairs(&refs)?);
     let socks_json: Vec<serde_json::Value> = socks
@@ -844,6 +1199,7 @@ fn restore_tree(
             "pipes": pipes_json,
             "sockets": socks_json,
             "ptys": ptys,
+            "sysv": sysv,
         });
         prepared.push(prepare(l, &info, &shared_mem)?);
     }
@@ -855,11 +1211,23 @@ fn restore_tree(
     loop {
         record_in_area(area, me, nodes[me].vpid);
         set_group(&nodes, me, area, n);
-        let mut kids: Vec<usize> = (0..n)
+        let mut kids: Vec<usize> = (0..live)
             .filter(|&i| nodes[i].vppid == nodes[me].vpid && i != me)
             .collect();
         kids.sort_by_key(|&i| nodes[i].vpid);
         queue.clear();
+        for (k, (_, z)) in zombies.iter().enumerate().filter(|(_, (p, _))| *p == me) {
+            let idx = live + k;
+            // SAFETY: as below; the child only runs `stand_in`, which never returns.
+            let pid = unsafe { libc::fork() };
+            if pid < 0 {
+                bail!("fork: {}", std::io::Error::last_os_error());
+            }
+            if pid == 0 {
+                stand_in(area, n, idx, z);
+            }
+            record_pid_in_area(area, idx, z.vpid, pid);
+        }
         let mut became_child = None;
         for c in kids {
             // SAFETY: this process is single-threaded; the child only runs this function's
@@ -895,11 +1263,88 @@ fn restore_tree(
 }
 
 fn record_in_area(area: *mut libc::c_void, index: usize, vpid: i32) {
+    // SAFETY: getpid has no preconditions.
+    record_pid_in_area(area, index, vpid, unsafe { libc::getpid() });
+}
+
+fn record_pid_in_area(area: *mut libc::c_void, index: usize, vpid: i32, pid: i32) {
     // SAFETY: the area holds n pairs after the header; index < n.
     unsafe {
         let p = (area as *mut u8).add(AREA_HEADER + index * 8) as *mut i32;
         p.write_volatile(vpid);
-        p.add(1).write_volatile(libc::getpid());
+        p.add(1).write_volatile(pid);
+    }
+}
+
+/// The stand-in of a child that had ended before the checkpoint: it takes the child's
+/// group and name, counts as arrived at the tree barrier, waits until its restored parent
+/// releases it (after the parent's signal dispositions are back, see the runtime's
+/// `zombies`), and ends the recorded way. Never returns.
+fn stand_in(area: *mut libc::c_void, n: usize, index: usize, z: &ckpt_image::Zombie) -> ! {
+    // SAFETY: a freshly forked single-threaded child using raw libc calls on its own state
+    // and on the shared area (index < n).
+    unsafe {
+        let parent = libc::getppid();
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
+        libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+        if z.sid == z.vpid {
+            libc::setsid();
+        }
+        if z.pgid == z.vpid {
+            libc::setpgid(0, 0);
+        } else if let Some(r) = real_in_area(area, n, z.pgid) {
+            libc::setpgid(0, r);
+        }
+        let mut name = [0u8; 16];
+        let b = z.comm.as_bytes();
+        name[..b.len().min(15)].copy_from_slice(&b[..b.len().min(15)]);
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+        let base = area as *mut u8;
+        let arrived = &*(base.add(8) as *const std::sync::atomic::AtomicU32);
+        arrived.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        libc::syscall(
+            libc::SYS_futex,
+            arrived.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+        );
+        let w =
+            &*(base.add(AREA_HEADER + n * 8 + index * 4) as *const std::sync::atomic::AtomicU32);
+        while w.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            let ts = libc::timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            };
+            libc::syscall(libc::SYS_futex, w.as_ptr(), libc::FUTEX_WAIT, 0, &ts);
+        }
+        end_as(z)
+    }
+}
+
+/// Ends this process the way `z` ended: the same exit status, or the same signal (with
+/// no core dump).
+fn end_as(z: &ckpt_image::Zombie) -> ! {
+    // SAFETY: raw calls ending this process.
+    unsafe {
+        if z.killed {
+            let rl = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &rl);
+            libc::signal(z.code, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, z.code);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            // Raw calls: a preloaded runtime must not translate these pids.
+            libc::syscall(libc::SYS_kill, libc::syscall(libc::SYS_getpid), z.code);
+            libc::_exit(128 + z.code)
+        }
+        libc::_exit(z.code)
     }
 }
 
@@ -1198,8 +1643,22 @@ fn check_files(meta: &ProcessMeta, img: &Path) -> anyhow::Result<()> {
             }
         }
     }
+    let tmpfs: Vec<&String> = meta
+        .regions
+        .iter()
+        .filter_map(|r| match &r.kind {
+            RegionKind::SharedMem {
+                name,
+                file: Some(_),
+                ..
+            } => Some(name),
+            _ => None,
+        })
+        .collect();
     for f in &meta.files {
         match &f.kind {
+            // Written back from the image before the restore (a mapped tmpfs file).
+            FdKind::Regular { path, .. } if tmpfs.contains(&path) => {}
             FdKind::Regular { path, .. }
             | FdKind::Directory { path }
             | FdKind::Device { path }
@@ -1245,6 +1704,7 @@ fn check_files(meta: &ProcessMeta, img: &Path) -> anyhow::Result<()> {
             | FdKind::Epoll { .. }
             | FdKind::Memfd { .. }
             | FdKind::Pty { .. }
+            | FdKind::PidFd { .. }
             | FdKind::Deleted { .. } => {}
         }
     }
@@ -1510,4 +1970,116 @@ fn build_plan(
         .map(|n| n.get().min(2) as u32)
         .unwrap_or(1);
     Ok((h, ops))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A named datagram socket is made with its waiting datagrams, each from its recorded
+    /// sender (here a name no socket of the generation has: a temporary socket sends).
+    #[test]
+    fn datagram_socket_refilled_from_its_senders() {
+        let dir = std::env::temp_dir().join(format!("ckpt-dgram-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let addr = |name: &str| {
+            let mut v = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+            v.extend_from_slice(dir.join(name).to_str().unwrap().as_bytes());
+            v.push(0);
+            v
+        };
+        let e = End {
+            holders: 1,
+            inode: 1,
+            domain: libc::AF_UNIX,
+            stype: libc::SOCK_DGRAM,
+            state: "bound".into(),
+            local: addr("srv"),
+            remote: vec![],
+            peer: 0,
+            rx: vec![],
+            messages: vec![(addr("cli"), b"hello".to_vec()), (vec![], b"".to_vec())],
+            cwd: "/".into(),
+        };
+        let mut out = Vec::new();
+        unix_datagram_sockets(&[e], &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        let fd = out[0].1;
+        let mut b = [0u8; 16];
+        // SAFETY: zeroed sockaddr for recvfrom.
+        let mut from: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        let mut fl = std::mem::size_of::<libc::sockaddr_un>() as u32;
+        // SAFETY: receiving into our buffers.
+        let n = unsafe {
+            libc::recvfrom(
+                fd,
+                b.as_mut_ptr() as _,
+                16,
+                libc::MSG_DONTWAIT,
+                &mut from as *mut _ as _,
+                &mut fl,
+            )
+        };
+        assert_eq!(&b[..n as usize], b"hello");
+        // SAFETY: the kernel wrote fl bytes.
+        let sender =
+            unsafe { std::slice::from_raw_parts(&from as *const _ as *const u8, fl as usize) };
+        assert_eq!(sender, &addr("cli")[..]);
+        fl = std::mem::size_of::<libc::sockaddr_un>() as u32;
+        // SAFETY: as above.
+        let n = unsafe {
+            libc::recvfrom(
+                fd,
+                b.as_mut_ptr() as _,
+                16,
+                libc::MSG_DONTWAIT,
+                &mut from as *mut _ as _,
+                &mut fl,
+            )
+        };
+        assert_eq!(n, 0);
+        assert!(fl as usize <= 2, "unnamed sender");
+        // The temporary sender's file is gone.
+        assert!(!dir.join("cli").exists());
+        // SAFETY: closing our fd.
+        unsafe { libc::close(fd) };
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The stand-in of an exited child ends with the recorded status or signal.
+    #[test]
+    fn stand_in_ends_as_recorded() {
+        for (killed, code) in [
+            (false, 0),
+            (false, 42),
+            (true, libc::SIGTERM),
+            (true, libc::SIGSEGV),
+        ] {
+            let z = ckpt_image::Zombie {
+                vpid: 1,
+                pgid: 0,
+                sid: 0,
+                comm: "x".into(),
+                killed,
+                code,
+                core_dumped: false,
+            };
+            // SAFETY: the child only ends itself.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                end_as(&z);
+            }
+            let mut st = 0;
+            // SAFETY: reaping our own child.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut st, 0) }, pid);
+            if killed {
+                assert!(libc::WIFSIGNALED(st), "{st:#x}");
+                assert_eq!(libc::WTERMSIG(st), code);
+                assert!(!libc::WCOREDUMP(st));
+            } else {
+                assert!(libc::WIFEXITED(st), "{st:#x}");
+                assert_eq!(libc::WEXITSTATUS(st), code);
+            }
+        }
+    }
 }

@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the `ProcessMeta` schema inside the META section.
-/// 2: pseudo-terminal pairs (`FdKind::Pty`) and the process's terminal (`terminal`).
+/// 2: pseudo-terminal pairs (`FdKind::Pty`) and the process's terminal (`terminal`);
+/// zombies, SysV IPC objects and semaphore adjustments.
 pub const META_VERSION: u32 = 2;
 /// The oldest `meta_version` still read (later versions only add fields that default).
 pub const META_VERSION_OLDEST: u32 = 1;
@@ -42,6 +43,100 @@ pub struct ProcessMeta {
     pub terminal: Option<TerminalMeta>,
     /// Where the restorer jumps (the checkpoint thread's saved context).
     pub entry: Entry,
+    /// Children that had exited but were not yet waited for (meta_version 2).
+    #[serde(default)]
+    pub zombies: Vec<Zombie>,
+    /// SysV IPC objects the process used (meta_version 2); several processes of a tree may
+    /// list the same object (same `vid`): `ckpt restart` creates it once.
+    #[serde(default)]
+    pub sysv: Vec<SysvObject>,
+    /// This process's SEM_UNDO adjustments (what the kernel would add back at its exit).
+    #[serde(default)]
+    pub sem_adj: Vec<SemAdj>,
+}
+
+/// One SysV IPC object: the id the program knows (`vid`), the kernel's id at the checkpoint
+/// (`real`), its key (0 = IPC_PRIVATE) and permission bits, and its contents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum SysvObject {
+    Sem {
+        vid: i32,
+        real: i32,
+        key: i32,
+        mode: u32,
+        values: Vec<u16>,
+    },
+    Msg {
+        vid: i32,
+        real: i32,
+        key: i32,
+        mode: u32,
+        qbytes: u64,
+        /// The queued messages in order.
+        messages: Vec<SysvMessage>,
+    },
+    Shm {
+        vid: i32,
+        real: i32,
+        key: i32,
+        mode: u32,
+        size: u64,
+        /// The segment's bytes (hex) when this process does not map it; a mapped segment's
+        /// bytes are in the mapping's pages (a `SharedMem` region named `/SYSV…`).
+        data: Option<String>,
+    },
+}
+
+impl SysvObject {
+    pub fn vid(&self) -> i32 {
+        match self {
+            SysvObject::Sem { vid, .. }
+            | SysvObject::Msg { vid, .. }
+            | SysvObject::Shm { vid, .. } => *vid,
+        }
+    }
+    /// "sem", "msg" or "shm".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SysvObject::Sem { .. } => "sem",
+            SysvObject::Msg { .. } => "msg",
+            SysvObject::Shm { .. } => "shm",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SysvMessage {
+    pub mtype: i64,
+    /// The message text (hex).
+    pub data: String,
+}
+
+/// A SEM_UNDO adjustment of semaphore `num` of set `vid`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SemAdj {
+    pub vid: i32,
+    pub num: u16,
+    pub adj: i32,
+}
+
+/// A child that had ended before the checkpoint and that its parent had not yet waited for.
+/// On restart it is re-created as a child that ends the same way before its parent runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Zombie {
+    /// Its virtual pid (what the parent's wait returns).
+    pub vpid: i32,
+    /// Its process group and session (virtual ids).
+    pub pgid: i32,
+    pub sid: i32,
+    /// Its name (`/proc/<pid>/comm`).
+    pub comm: String,
+    /// Killed by signal `code` (`true`) or exited with status `code`.
+    pub killed: bool,
+    pub code: i32,
+    /// The kernel reported a core dump (not reproduced: the re-created child never dumps).
+    pub core_dumped: bool,
 }
 
 /// What the machine that restores must match.
@@ -97,10 +192,23 @@ pub enum RegionKind {
         pgoff: u64,
         name: String,
         saved: bool,
+        /// A file on tmpfs mapped shared (`name` is its path): on restore the file is
+        /// written back at its path from the saved pages and mapped (meta_version 2).
+        #[serde(default)]
+        file: Option<TmpfsFile>,
     },
     Vvar,
     VvarVclock,
     Vdso,
+}
+
+/// A tmpfs file whose contents the image holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsFile {
+    /// File size at the checkpoint.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +254,10 @@ pub enum FdKind {
         /// (level, option, value) of the options that matter (TCP_NODELAY, SO_KEEPALIVE,
         /// buffer sizes, SO_REUSEADDR).
         options: Vec<(i32, i32, i32)>,
+        /// UNIX datagram and seqpacket sockets: the messages waiting in the receive queue,
+        /// in order, each (sender address, bytes) in hex (meta_version 2).
+        #[serde(default)]
+        messages: Vec<(String, String)>,
     },
     Regular {
         path: String,
@@ -211,6 +323,11 @@ pub enum FdKind {
     /// An inotify instance and its watches.
     Inotify {
         watches: Vec<InotifyWatch>,
+    },
+    /// A pidfd (`pidfd_open`) on a process of the job, by its virtual pid; opened again
+    /// on the restored process (meta_version 2).
+    PidFd {
+        vpid: i32,
     },
     /// A memfd: its contents (kept in the runtime's memory, hence in the image), seals and
     /// offset. `inode` groups fds opened separately on the same memfd.

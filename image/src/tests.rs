@@ -143,6 +143,9 @@ fn sample_meta() -> ProcessMeta {
             rip: 0x40_1234,
             ..Entry::default()
         },
+        zombies: vec![],
+        sysv: vec![],
+        sem_adj: vec![],
     }
 }
 
@@ -650,6 +653,44 @@ fn future_versions() {
     let e = ImageReader::open(&q).unwrap().meta().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::FutureVersion);
     assert!(e.to_string().contains("newer ckpt"), "{e}");
+}
+
+#[test]
+fn meta_version_1_is_still_read() {
+    // Version 1 had no `zombies`: such images read with none.
+    let d = TempDir::new("meta1");
+    let q = d.path().join("meta1.img");
+    let mut v = serde_json::to_value(sample_meta()).unwrap();
+    v["meta_version"] = 1.into();
+    v.as_object_mut().unwrap().remove("zombies");
+    let mut w = ImageWriter::create(&q).unwrap();
+    w.add_section(SectionKind::Meta, &serde_json::to_vec(&v).unwrap())
+        .unwrap();
+    w.finish().unwrap();
+    let m = ImageReader::open(&q).unwrap().meta().unwrap();
+    assert_eq!(m.meta_version, 1);
+    assert!(m.zombies.is_empty());
+}
+
+#[test]
+fn zombies_round_trip() {
+    let d = TempDir::new("zombies");
+    let q = d.path().join("z.img");
+    let mut m = sample_meta();
+    m.zombies = vec![Zombie {
+        vpid: 77,
+        pgid: 42,
+        sid: 1,
+        comm: "child".into(),
+        killed: true,
+        code: 15,
+        core_dumped: false,
+    }];
+    let mut w = ImageWriter::create(&q).unwrap();
+    w.add_section(SectionKind::Meta, &serde_json::to_vec(&m).unwrap())
+        .unwrap();
+    w.finish().unwrap();
+    assert_eq!(ImageReader::open(&q).unwrap().meta().unwrap(), m);
 }
 
 #[test]

@@ -35,6 +35,11 @@ struct ProcState {
     shared_pending: u64,
     /// Bytes drained from the process's own pipes.
     pipes: Vec<crate::pipes::PipeData>,
+    /// Children that had ended and were not yet waited for.
+    zombies: Vec<ckpt_image::Zombie>,
+    /// SysV IPC objects and this process's SEM_UNDO adjustments.
+    sysv: Vec<ckpt_image::SysvObject>,
+    sem_adj: Vec<ckpt_image::SemAdj>,
 }
 
 static mut STATE: Option<ProcState> = None;
@@ -483,6 +488,9 @@ struct Cycle {
 struct Captured {
     fds: Vec<FdMeta>,
     pipes: Vec<crate::pipes::PipeData>,
+    zombies: Vec<ckpt_image::Zombie>,
+    sysv: Vec<ckpt_image::SysvObject>,
+    sem_adj: Vec<ckpt_image::SemAdj>,
 }
 
 impl Cycle {
@@ -524,7 +532,12 @@ fn capture(own_fd: RawFd) -> Result<Captured, String> {
     // Every child must be a process of the job (running the runtime, so it takes part in
     // this checkpoint); a child that is not (a static binary, LD_PRELOAD removed) cannot be
     // restored.
+    let mut zombies = Vec::new();
     for p in process::children(&[]) {
+        if let Some(z) = crate::zombies::dump(p) {
+            zombies.push(z);
+            continue;
+        }
         if !process::runs_runtime(p) {
             return Err(format!(
                 "child process {p} ({}) is not under checkpoint control (a static binary, or LD_PRELOAD was removed from its environment)",
@@ -544,7 +557,22 @@ fn capture(own_fd: RawFd) -> Result<Captured, String> {
     crate::signals::take_shared(vids::CKPT_SIG.load(Ordering::Relaxed))?; // issue 3: queued signals with siginfo
     crate::timers::dump()?; // issue 3: setitimer and POSIX timers
     crate::attrs::dump_parked()?; // issue 3: nice/affinity/personality/prctl; refuses seccomp, namespaces
-    Ok(Captured { fds, pipes })
+    let (sysv, sem_adj) = crate::sysv::dump()?;
+    crate::sysv::note_mappings()?;
+    Ok(Captured {
+        fds,
+        pipes,
+        zombies,
+        sysv,
+        sem_adj,
+    })
+}
+
+/// Parks every user thread, in a new SysV epoch (a blocking SysV call interrupted from
+/// now on is retried by its interposer).
+fn suspend(sig: i32) -> Result<usize, String> {
+    crate::sysv::new_epoch();
+    threads::suspend_all(sig, 10_000)
 }
 
 fn serve(stream: &mut UnixStream) -> Outcome {
@@ -615,7 +643,7 @@ fn serve(stream: &mut UnixStream) -> Outcome {
                 hold,
             } => {
                 let res: Result<(), String> = match phase {
-                    Phase::Suspend => match threads::suspend_all(sig, 10_000) {
+                    Phase::Suspend => match suspend(sig) {
                         Ok(n) => {
                             cy.suspended_at = Some(sys::monotonic_ns());
                             // Elect one drainer per pipe shared with other processes.
@@ -802,6 +830,9 @@ fn snapshot(generation: u64, dir: &str, c: Captured) -> Result<Snap, String> {
             program: main_thread_name(),
             threads: parked_threads(),
             shared_pending,
+            zombies: c.zombies,
+            sysv: c.sysv,
+            sem_adj: c.sem_adj,
         });
     }
     // SAFETY: CKPT_CTX is only used by this thread and the restorer; see ctx.rs for the
@@ -986,6 +1017,9 @@ fn write_image(
                 auxv: st.auxv.clone(),
             },
             terminal: crate::tty::meta(),
+            zombies: st.zombies.clone(),
+            sysv: st.sysv.clone(),
+            sem_adj: st.sem_adj.clone(),
             entry: Entry {
                 rbx: c.rbx,
                 rbp: c.rbp,
@@ -1023,6 +1057,9 @@ struct RestartParams {
     /// Connected sockets re-created by `ckpt restart` (socket inode at checkpoint → fd).
     #[serde(default)]
     sockets: Vec<InheritedSocket>,
+    /// SysV IPC objects re-created by `ckpt restart`: (kind, virtual id, new kernel id).
+    #[serde(default)]
+    sysv: Vec<(String, i32, i32)>,
     /// New pty pairs created by `ckpt restart` (pty index at checkpoint → master, slave).
     #[serde(default)]
     ptys: Vec<InheritedPty>,
@@ -1177,6 +1214,9 @@ fn post_restart() -> Result<(), String> {
         }
     }
     restored?;
+    if let Some(p) = &params {
+        crate::sysv::restore(&st.sysv, &st.sem_adj, &p.sysv)?;
+    }
     crate::attrs::restore_process(); // issue 3: personality, no_new_privs, subreaper, dumpable
     let n = threads::recreate_all()?;
     for s in threads::slots().iter() {
@@ -1185,6 +1225,15 @@ fn post_restart() -> Result<(), String> {
             let t = s.real_tid.load(Ordering::Relaxed);
             let _ = std::fs::write(format!("/proc/self/task/{t}/comm"), &s.name[..end]);
         }
+    }
+    // Children that had ended: their stand-ins end now, before any process runs on.
+    if !st.zombies.is_empty() {
+        let a = area
+            .as_ref()
+            .ok_or("exited children to re-create, but no restart area")?;
+        let chld = 1u64 << (libc::SIGCHLD - 1);
+        let pending = st.shared_pending & chld != 0 || crate::signals::holds(libc::SIGCHLD);
+        crate::zombies::release(&st.zombies, a, pending)?;
     }
     // Signals still pending by number only (the rest, with their siginfo, are queued back
     // by `signals::put_back` and `threads::resume_all`).
@@ -1208,6 +1257,7 @@ fn post_restart() -> Result<(), String> {
         a.barrier(60_000)?;
         vids::set_pid_map(&a.pairs());
     }
+    vids::reopen_pidfds(&st.fds)?;
     crate::tty::after_barrier(tree::is_root());
     info!("restart: {n} thread(s) recreated");
     crate::timers::restore()?; // issue 3: setitimer and POSIX timers (new tids known)

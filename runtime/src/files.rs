@@ -150,6 +150,7 @@ fn classify(fd: i32, fl: i32, cloexec: bool, skip: &[i32]) -> Result<Option<FdMe
             "[signalfd]" => crate::signalfd::describe(fd, &info)?,
             "[eventpoll]" => crate::epoll::describe(fd, &info, skip)?,
             "inotify" => crate::inotify::describe(fd, &info)?,
+            "[pidfd]" => crate::vids::describe_pidfd(fd, &info)?,
             _ => {
                 return Err(format!(
                     "fd {fd} ({link}) is a special file of a kind not supported (userfaultfd, perf, bpf, io_uring, pidfd, fanotify... cannot be checkpointed)"
@@ -163,6 +164,7 @@ fn classify(fd: i32, fl: i32, cloexec: bool, skip: &[i32]) -> Result<Option<FdMe
     } else if fmt == libc::S_IFREG && link.starts_with('/') && !deleted {
         // SAFETY: lseek on a regular file fd.
         let off = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+        proc_of_job(fd, &link)?;
         FdKind::Regular {
             path: proc_self_path(&link),
             offset: off.max(0) as u64,
@@ -176,6 +178,7 @@ fn classify(fd: i32, fl: i32, cloexec: bool, skip: &[i32]) -> Result<Option<FdMe
             },
         }
     } else if fmt == libc::S_IFDIR && link.starts_with('/') {
+        proc_of_job(fd, &link)?;
         FdKind::Directory {
             path: proc_self_path(&link),
         }
@@ -218,6 +221,25 @@ fn classify(fd: i32, fl: i32, cloexec: bool, skip: &[i32]) -> Result<Option<FdMe
         cloexec,
         kind,
     }))
+}
+
+/// A descriptor on `/proc/<pid>/...` of *another* process of the job cannot be reopened
+/// after a restart before the tree's new pids are known: refused.
+fn proc_of_job(fd: i32, link: &str) -> Result<(), String> {
+    let Some(rest) = link.strip_prefix("/proc/") else {
+        return Ok(());
+    };
+    let num: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let Ok(pid) = num.parse::<i32>() else {
+        return Ok(());
+    };
+    if pid != crate::sys::getpid_real() && crate::process::runs_runtime(pid) {
+        return Err(format!(
+            "fd {fd} is open on {link}, a /proc directory of another process of the job (vpid {}): such descriptors cannot be reopened after a restart; open them again when needed (paths opened by name are translated)",
+            crate::vids::virtual_of(pid)
+        ));
+    }
+    Ok(())
 }
 
 /// `/proc/<our pid>/...` becomes `/proc/self/...`: the pid changes with a restart.
@@ -285,6 +307,8 @@ pub fn restore(
                 FdKind::Memfd { .. } | FdKind::Deleted { .. } => {
                     crate::memfd::open(f.fd, &f.kind, f.flags, &mut made, min_fd)?
                 }
+                // Holds the number until the tree's pids are known (`vids::reopen_pidfds`).
+                FdKind::PidFd { .. } => open_like(f, "/dev/null")?,
             };
             // SAFETY: moving our new fd above every recorded number.
             let t = unsafe { libc::fcntl(nfd, libc::F_DUPFD_CLOEXEC, min_fd) };
@@ -420,7 +444,7 @@ fn open_like(f: &FdMeta, path: &str) -> Result<i32, String> {
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
         unsafe { libc::fstat(nfd, &mut st) };
-        if st.st_dev != *dev || st.st_ino != *ino {
+        if (st.st_dev != *dev || st.st_ino != *ino) && !rewritten_tmpfs(path, st.st_ino) {
             let same_content =
                 content.is_some_and(|(size, h)| digest(nfd, st.st_size as u64) == Some((size, h)));
             if !same_content {
@@ -476,6 +500,19 @@ fn digest(fd: i32, size: u64) -> Option<(u64, u64)> {
         got += n as usize;
     }
     Some((size, ckpt_image::incremental::page_hash(&buf)))
+}
+
+/// Whether `path` is a tmpfs file that `ckpt restart` wrote back from the image (then it
+/// may be a new inode): this process maps that very file again.
+fn rewritten_tmpfs(path: &str, ino: u64) -> bool {
+    crate::memory::on_tmpfs(path)
+        && std::fs::read_to_string("/proc/self/maps")
+            .map(|m| {
+                crate::memory::parse_maps(&m)
+                    .iter()
+                    .any(|e| e.shared && e.ino == ino && e.name == path)
+            })
+            .unwrap_or(false)
 }
 
 #[cfg(test)]

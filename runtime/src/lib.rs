@@ -28,12 +28,14 @@ mod signals;
 mod sockdiag;
 mod sockets;
 mod sys;
+mod sysv;
 mod threads;
 mod timerfd;
 mod timers;
 mod tree;
 mod tty;
 mod vids;
+mod zombies;
 
 // The interposed libc functions (`getpid`, `fork`, `kill`, `waitpid`, `sigaction`, ...) are
 // `#[no_mangle]` items of `vids`; they are exported by being defined.

@@ -109,8 +109,30 @@ pub fn classify(e: &MapsEntry) -> Result<Option<Classified>, String> {
         // mapped again from the file. Shared anonymous memory, memfd and SysV segments
         // must be shared with other processes and come with process-tree support.
         if e.name.starts_with('/') && !e.name.ends_with(" (deleted)") {
-            use std::os::unix::fs::MetadataExt;
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
             if let Ok(md) = std::fs::metadata(&e.name) {
+                // SAFETY: getuid has no preconditions.
+                let ours = md.uid() == unsafe { libc::getuid() };
+                if md.ino() == e.ino && md.is_file() && (e.prot.write || ours) && on_tmpfs(&e.name)
+                {
+                    // A file on tmpfs (/dev/shm, POSIX shm_open, a tmpfs /tmp) that the job
+                    // writes (or owns) is memory: it may be gone when the job is restarted.
+                    // (A system file mapped read-only, e.g. nscd's cache, stays a file.) Its pages are saved like
+                    // shared memory and the file is written back on restore.
+                    return mk(
+                        RegionKind::SharedMem {
+                            ino: e.ino,
+                            pgoff: e.offset / PAGE,
+                            name: e.name.clone(),
+                            saved: false,
+                            file: Some(ckpt_image::TmpfsFile {
+                                size: md.size(),
+                                mode: md.permissions().mode() & 0o7777,
+                            }),
+                        },
+                        Policy::Shared,
+                    );
+                }
                 if md.ino() == e.ino && md.is_file() {
                     return mk(
                         RegionKind::File {
@@ -139,6 +161,7 @@ pub fn classify(e: &MapsEntry) -> Result<Option<Classified>, String> {
                     pgoff: e.offset / PAGE,
                     name: e.name.clone(),
                     saved: false,
+                    file: None,
                 },
                 Policy::Shared,
             );
@@ -180,6 +203,18 @@ pub fn classify(e: &MapsEntry) -> Result<Option<Classified>, String> {
         // Deleted files, memfd and other anonymous inodes mapped privately.
         _ => mk(RegionKind::Anon, Policy::All),
     }
+}
+
+/// Whether `path` is on a tmpfs file system.
+pub fn on_tmpfs(path: &str) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let Ok(c) = std::ffi::CString::new(path) else {
+        return false;
+    };
+    // SAFETY: statfs into a zeroed buffer with a NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == TMPFS_MAGIC
 }
 
 const PAGE: u64 = 4096;
@@ -398,6 +433,54 @@ pub fn write_regions(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tmpfs file mapped shared is saved like shared memory, with what is needed to write
+    /// it back (size, mode); a file elsewhere stays a file mapping.
+    #[test]
+    fn tmpfs_file_mapped_shared_is_saved() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = format!("/dev/shm/ckpt-unit-{}", std::process::id());
+        std::fs::write(&path, vec![7u8; 5000]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        // SAFETY: mapping our test file shared.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                8192,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let e = parse_maps(&maps)
+            .into_iter()
+            .find(|e| e.start == p as u64)
+            .unwrap();
+        let c = classify(&e).unwrap().unwrap();
+        match &c.region.kind {
+            RegionKind::SharedMem {
+                name,
+                pgoff: 0,
+                file: Some(t),
+                ..
+            } => {
+                assert_eq!(name, &path);
+                assert_eq!((t.size, t.mode), (5000, 0o640));
+            }
+            k => panic!("{k:?}"),
+        }
+        // SAFETY: unmapping our mapping.
+        unsafe { libc::munmap(p, 8192) };
+        std::fs::remove_file(&path).unwrap();
+    }
 
     #[test]
     fn parses_maps_lines() {

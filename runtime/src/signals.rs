@@ -30,6 +30,11 @@ fn shared_pending() -> u64 {
     crate::process::pending_signals(crate::sys::gettid()).1
 }
 
+/// Whether signal `sig` was taken at the last checkpoint (pending for the process).
+pub fn holds(sig: i32) -> bool {
+    taken().iter().any(|i| i[0] as u32 as i32 == sig)
+}
+
 /// Dequeues every process-directed pending signal except `skip` (the checkpoint signal).
 pub fn take_shared(skip: i32) -> Result<(), String> {
     put_back();

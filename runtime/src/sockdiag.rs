@@ -144,6 +144,67 @@ pub fn tcp_peer_in_job(local: &[u8], remote: &[u8]) -> bool {
     false
 }
 
+/// Whether `remote` is the address of a listening TCP socket of the job: the connection
+/// then waits in its accept queue (the accepted end has no descriptor yet).
+pub fn tcp_listener_in_job(remote: &[u8]) -> bool {
+    let Some(r) = sockaddr_parts(remote) else {
+        return false;
+    };
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "0A" {
+                continue;
+            }
+            let Some((la, lp)) = parse_proc_addr(f[1]) else {
+                continue;
+            };
+            let any = la.iter().all(|&b| b == 0);
+            if lp == r.1
+                && (la == r.0 || any)
+                && crate::tree::held_in_job(&format!("socket:[{}]", f[9]))
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Whether the UNIX path or abstract name `remote` (sockaddr bytes) is that of a listening
+/// socket of the job (from /proc/net/unix: flag __SO_ACCEPTCON).
+pub fn unix_listener_in_job(remote: &[u8]) -> bool {
+    if remote.len() <= 2 {
+        return false;
+    }
+    let raw = &remote[2..];
+    let name: String = if raw[0] == 0 {
+        format!(
+            "@{}",
+            String::from_utf8_lossy(&raw[1..]).trim_end_matches('\0')
+        )
+    } else {
+        String::from_utf8_lossy(raw)
+            .trim_end_matches('\0')
+            .to_string()
+    };
+    let Ok(text) = std::fs::read_to_string("/proc/net/unix") else {
+        return false;
+    };
+    text.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.len() >= 8
+            && u32::from_str_radix(f[3], 16)
+                .map(|fl| fl & 0x10000 != 0)
+                .unwrap_or(false)
+            && f[7] == name
+            && crate::tree::held_in_job(&format!("socket:[{}]", f[6]))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,17 +98,17 @@ pub fn describe(fd: i32, inode: u64) -> Result<FdKind, String> {
     }
     let mut rx = Vec::new();
     let mut peer_inode = 0;
+    let messages = if domain == libc::AF_UNIX && stype != libc::SOCK_STREAM && !listening {
+        peek_messages(fd)?
+    } else {
+        Vec::new()
+    };
+    let udp = domain != libc::AF_UNIX && stype == libc::SOCK_DGRAM;
     if state == "connected" {
         let mut queued: libc::c_int = 0;
         // SAFETY: FIONREAD into an int.
         unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) };
-        if queued > 0 {
-            if stype != libc::SOCK_STREAM {
-                return Err(format!(
-                    "fd {fd} is a {} socket with {queued} bytes of messages waiting (message sockets with data in flight are not supported yet)",
-                    if stype == libc::SOCK_DGRAM { "datagram" } else { "seqpacket" }
-                ));
-            }
+        if queued > 0 && stype == libc::SOCK_STREAM {
             rx = vec![0u8; queued as usize + 65536];
             // SAFETY: peeking into our buffer, non-blocking.
             let n = unsafe {
@@ -127,16 +127,25 @@ pub fn describe(fd: i32, inode: u64) -> Result<FdKind, String> {
                 ));
             }
         }
-        if domain == libc::AF_UNIX {
+        if udp {
+            // UDP: connected again to the same address at restart (datagrams in flight
+            // may be lost, as UDP allows).
+        } else if domain == libc::AF_UNIX {
             peer_inode = crate::sockdiag::unix_peer(inode).unwrap_or(0);
             let peer_ok =
                 peer_inode != 0 && crate::tree::held_in_job(&format!("socket:[{peer_inode}]"));
+            if !peer_ok && crate::sockdiag::unix_listener_in_job(remote.as_deref().unwrap_or(&[])) {
+                return Err(pending(fd, remote.as_deref().unwrap_or(&[])));
+            }
             if !peer_ok {
                 return Err(format!(
                     "fd {fd} is a UNIX socket connected to a process outside the job (only connections between the job's processes can be restored)"
                 ));
             }
         } else if !crate::sockdiag::tcp_peer_in_job(&local, remote.as_deref().unwrap_or(&[])) {
+            if crate::sockdiag::tcp_listener_in_job(remote.as_deref().unwrap_or(&[])) {
+                return Err(pending(fd, remote.as_deref().unwrap_or(&[])));
+            }
             return Err(format!(
                 "fd {fd} is a TCP connection to {} outside the job (only connections between the job's processes can be restored)",
                 show(remote.as_deref().unwrap_or(&[]))
@@ -153,7 +162,102 @@ pub fn describe(fd: i32, inode: u64) -> Result<FdKind, String> {
         peer_inode,
         rx: hex(&rx),
         options,
+        messages,
     })
+}
+
+/// The refusal of a connection that waits in a listening socket's accept queue.
+fn pending(fd: i32, listener: &[u8]) -> String {
+    let name = if listener.len() > 2
+        && u16::from_ne_bytes([listener[0], listener[1]]) as i32 == libc::AF_UNIX
+    {
+        String::from_utf8_lossy(&listener[2..])
+            .trim_end_matches('\0')
+            .replace('\0', "@")
+    } else {
+        show(listener)
+    };
+    format!(
+        "fd {fd} is connected to the listening socket {name} of the job, which has not accepted the connection yet (connections waiting to be accepted cannot be checkpointed: accept them before the checkpoint)"
+    )
+}
+
+/// The messages waiting in a UNIX datagram or seqpacket socket, in order, with their
+/// senders' addresses, read without consuming them: with `SO_PEEK_OFF` set, each
+/// `MSG_PEEK` moves on to the next message. Refuses descriptors in flight.
+fn peek_messages(fd: i32) -> Result<Vec<(String, String)>, String> {
+    let old = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1);
+    let set = |v: libc::c_int| {
+        // SAFETY: setsockopt of an int on the socket.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEEK_OFF,
+                &v as *const _ as *const libc::c_void,
+                4,
+            )
+        }
+    };
+    if set(0) != 0 {
+        return Err(format!(
+            "fd {fd}: SO_PEEK_OFF: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let res = loop {
+        // SAFETY: zeroed plain data, pointed at our buffers below.
+        let mut name: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        let mut ctl = [0u64; 64];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: as above.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = &mut name as *mut _ as *mut libc::c_void;
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as u32;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = ctl.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = std::mem::size_of_val(&ctl);
+        // SAFETY: recvmsg into our buffers, peeking, non-blocking.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EAGAIN) {
+                break Ok(());
+            }
+            break Err(format!("fd {fd}: peeking message {}: {e}", out.len()));
+        }
+        if msg.msg_flags & libc::MSG_TRUNC != 0 {
+            break Err(format!(
+                "fd {fd}: message {} is larger than 1 MiB",
+                out.len()
+            ));
+        }
+        if msg.msg_controllen > 0 {
+            break Err(format!(
+                "fd {fd}: message {} carries control data (file descriptors or credentials in flight cannot be checkpointed)",
+                out.len()
+            ));
+        }
+        // SAFETY: the kernel wrote msg_namelen bytes of the address.
+        let sender = unsafe {
+            std::slice::from_raw_parts(
+                &name as *const _ as *const u8,
+                (msg.msg_namelen as usize).min(std::mem::size_of::<libc::sockaddr_un>()),
+            )
+        };
+        out.push((hex(sender), hex(&buf[..n as usize])));
+        if out.len() > 100_000 {
+            break Err(format!("fd {fd}: more than 100000 messages waiting"));
+        }
+    };
+    set(old);
+    res.map(|_| out)
 }
 
 fn has_address(domain: i32, sa: &[u8]) -> bool {
@@ -197,6 +301,7 @@ pub fn create(kind: &FdKind, inherited: &[(u64, i32)]) -> Result<i32, String> {
         stype,
         state,
         local,
+        remote,
         options,
         ..
     } = kind
@@ -207,7 +312,8 @@ pub fn create(kind: &FdKind, inherited: &[(u64, i32)]) -> Result<i32, String> {
         // SAFETY: duplicating the end handed down to us.
         unsafe { libc::dup(f) }
     } else {
-        if state == "connected" {
+        let udp = *domain != libc::AF_UNIX && *stype == libc::SOCK_DGRAM;
+        if state == "connected" && !udp {
             return Err(format!(
                 "socket:[{inode}] was connected, but its peer was not restored with it"
             ));
@@ -220,7 +326,7 @@ pub fn create(kind: &FdKind, inherited: &[(u64, i32)]) -> Result<i32, String> {
                 std::io::Error::last_os_error()
             ));
         }
-        if state == "listening" || state == "bound" {
+        if state == "listening" || state == "bound" || (udp && state == "connected") {
             let sa = unhex(local);
             if *domain == libc::AF_UNIX && sa.len() > 3 && sa[2] != 0 {
                 // A path name: the old socket file is in the way.
@@ -261,6 +367,24 @@ pub fn create(kind: &FdKind, inherited: &[(u64, i32)]) -> Result<i32, String> {
                     show(&sa)
                 ));
             }
+            if udp && state == "connected" {
+                let ra = unhex(remote);
+                // SAFETY: connect to the recorded address bytes.
+                if unsafe {
+                    libc::connect(
+                        fd,
+                        ra.as_ptr() as *const libc::sockaddr,
+                        ra.len() as libc::socklen_t,
+                    )
+                } != 0
+                {
+                    return Err(format!(
+                        "socket:[{inode}]: connecting to {} again: {}",
+                        show(&ra),
+                        std::io::Error::last_os_error()
+                    ));
+                }
+            }
             // SAFETY: listen on our bound socket.
             if state == "listening" && unsafe { libc::listen(fd, 128) } != 0 {
                 return Err(format!(
@@ -297,6 +421,44 @@ impl FromBytesCompat for std::ffi::OsStr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn datagrams_are_peeked_in_order_with_boundaries() {
+        for stype in [libc::SOCK_DGRAM, libc::SOCK_SEQPACKET] {
+            let mut sv = [0i32; 2];
+            // SAFETY: creating a test socketpair.
+            assert_eq!(
+                unsafe { libc::socketpair(libc::AF_UNIX, stype, 0, sv.as_mut_ptr()) },
+                0
+            );
+            for m in [&b"one"[..], b"", b"three!"] {
+                // SAFETY: sending test messages.
+                assert_eq!(
+                    unsafe { libc::send(sv[0], m.as_ptr() as *const libc::c_void, m.len(), 0) },
+                    m.len() as isize
+                );
+            }
+            let got = peek_messages(sv[1]).unwrap();
+            let data: Vec<Vec<u8>> = got.iter().map(|(_, d)| unhex(d)).collect();
+            assert_eq!(data, vec![b"one".to_vec(), vec![], b"three!".to_vec()]);
+            // Nothing was consumed, and peeking is off again.
+            assert_eq!(
+                getsockopt_int(sv[1], libc::SOL_SOCKET, libc::SO_PEEK_OFF),
+                Some(-1)
+            );
+            let mut b = [0u8; 16];
+            for want in [&b"one"[..], b"", b"three!"] {
+                // SAFETY: receiving into our buffer.
+                let n = unsafe { libc::recv(sv[1], b.as_mut_ptr() as *mut libc::c_void, 16, 0) };
+                assert_eq!(&b[..n as usize], want);
+            }
+            // SAFETY: closing test fds.
+            unsafe {
+                libc::close(sv[0]);
+                libc::close(sv[1]);
+            }
+        }
+    }
 
     #[test]
     fn socketpair_peek_keeps_bytes_and_records_state() {

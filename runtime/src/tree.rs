@@ -264,7 +264,8 @@ pub fn release_pipes() {
 }
 
 /// The shared restart area of a restored process tree (see cli/src/restart.rs): header
-/// (magic, n, arrived), then (vpid, real pid) pairs.
+/// (magic, n, arrived), then n (vpid, real pid) pairs, then n release words (used by the
+/// stand-ins of zombies, see `zombies`).
 pub struct Area {
     base: *mut u8,
     len: usize,
@@ -306,7 +307,7 @@ impl Area {
             base: p as *mut u8,
             len,
         };
-        if a.word(0).load(Ordering::Relaxed) != AREA_MAGIC || AREA_HEADER + a.n() * 8 > len {
+        if a.word(0).load(Ordering::Relaxed) != AREA_MAGIC || AREA_HEADER + a.n() * 12 > len {
             return Err("the restart area is malformed".into());
         }
         Ok(a)
@@ -332,6 +333,30 @@ impl Area {
                 )
             })
             .collect()
+    }
+
+    /// Lets the stand-in of exited child `vpid` end; returns its real pid.
+    pub fn release(&self, vpid: i32) -> Result<i32, String> {
+        let n = self.n();
+        let i = (0..n)
+            .find(|&i| self.word(AREA_HEADER + i * 8).load(Ordering::Acquire) as i32 == vpid)
+            .ok_or_else(|| format!("exited child {vpid} has no stand-in in the restart area"))?;
+        let real = self.word(AREA_HEADER + i * 8 + 4).load(Ordering::Acquire) as i32;
+        let w = self.word(AREA_HEADER + n * 8 + i * 4);
+        w.store(1, Ordering::Release);
+        // SAFETY: FUTEX_WAKE (shared) on the area word.
+        unsafe {
+            crate::sys::syscall6(
+                libc::SYS_futex,
+                w.as_ptr() as u64,
+                libc::FUTEX_WAKE as u64,
+                1,
+                0,
+                0,
+                0,
+            )
+        };
+        Ok(real)
     }
 
     /// Waits until every process of the tree has arrived (restored its state and refilled

@@ -372,6 +372,7 @@ pub fn resolve_real() {
     next_symbol(&REAL_SIGACTION, b"sigaction\0");
     next_symbol(&REAL_SIGPROCMASK, b"sigprocmask\0");
     next_symbol(&REAL_PTHREAD_SIGMASK, b"pthread_sigmask\0");
+    resolve_path_functions();
 }
 
 pub fn real_sigaction(
@@ -483,4 +484,358 @@ pub unsafe extern "C" fn pthread_sigmask(
     let f = next_symbol(&REAL_PTHREAD_SIGMASK, b"pthread_sigmask\0");
     // SAFETY: glibc's pthread_sigmask.
     unsafe { std::mem::transmute::<usize, SigmaskFn>(f)(how, set, old) }
+}
+
+// --- pidfds and /proc/<pid> paths ----------------------------------------------------------
+
+/// `pidfd_open(2)`: the pid is virtual.
+#[no_mangle]
+pub extern "C" fn pidfd_open(pid: libc::pid_t, flags: libc::c_uint) -> libc::c_int {
+    // SAFETY: pidfd_open with integer arguments.
+    set_errno_ret(unsafe {
+        sys::syscall3(libc::SYS_pidfd_open, real_of(pid) as u64, flags as u64, 0)
+    })
+}
+
+/// Describes a pidfd (from its fdinfo `Pid:` line): it must name a process of the job.
+pub fn describe_pidfd(fd: i32, info: &str) -> Result<ckpt_image::FdKind, String> {
+    let pid: i32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("fd {fd} is a pidfd whose process is unknown"))?;
+    if pid <= 0 {
+        return Err(format!(
+            "fd {fd} is a pidfd of a process that has ended and was reaped: it cannot be re-created"
+        ));
+    }
+    let is_child_zombie = crate::process::children(&[]).contains(&pid);
+    if !crate::process::runs_runtime(pid) && !is_child_zombie {
+        return Err(format!(
+            "fd {fd} is a pidfd of process {pid} ({}), which is not a process of the job",
+            crate::process::comm_of(pid)
+        ));
+    }
+    Ok(ckpt_image::FdKind::PidFd {
+        vpid: virtual_of(pid),
+    })
+}
+
+/// After a restore, once the tree's pids are known: every pidfd is opened again on its
+/// process (its number was held by a placeholder).
+pub fn reopen_pidfds(fds: &[ckpt_image::FdMeta]) -> Result<(), String> {
+    for f in fds {
+        if let ckpt_image::FdKind::PidFd { vpid } = f.kind {
+            let real = real_of(vpid);
+            // SAFETY: pidfd_open of the restored process.
+            let p = unsafe { sys::syscall3(libc::SYS_pidfd_open, real as u64, 0, 0) };
+            if p < 0 {
+                return Err(format!(
+                    "fd {}: pidfd of process {vpid} (pid {real}): {}",
+                    f.fd,
+                    std::io::Error::from_raw_os_error(-p as i32)
+                ));
+            }
+            let fl = if f.cloexec { libc::O_CLOEXEC } else { 0 };
+            // SAFETY: replacing our placeholder with the new pidfd, then closing the spare.
+            unsafe {
+                if libc::dup3(p as i32, f.fd, fl) < 0 {
+                    return Err(format!(
+                        "fd {}: dup3: {}",
+                        f.fd,
+                        std::io::Error::last_os_error()
+                    ));
+                }
+                libc::close(p as i32);
+                if f.flags & libc::O_NONBLOCK != 0 {
+                    libc::fcntl(f.fd, libc::F_SETFL, libc::O_NONBLOCK);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `/proc/<vpid>/...` → `/proc/<real pid>/...` (in `buf`) for a process of the job whose
+/// pid changed with a restart; `None` when nothing is to be translated. The runtime's own
+/// thread is never translated (it names processes by their real pids).
+fn proc_path(path: *const libc::c_char, buf: &mut [u8; 4096]) -> Option<*const libc::c_char> {
+    if path.is_null()
+        || !RESTORED.load(Ordering::Relaxed)
+        || crate::is_runtime_thread(sys::gettid())
+    {
+        return None;
+    }
+    // SAFETY: a NUL-terminated path from the caller.
+    let p = unsafe { std::ffi::CStr::from_ptr(path) }.to_bytes();
+    let rest = p.strip_prefix(b"/proc/")?;
+    let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 || digits > 9 || (digits < rest.len() && rest[digits] != b'/') {
+        return None;
+    }
+    let v: i32 = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let r = real_of(v);
+    if r == v {
+        return None;
+    }
+    let mut num = [0u8; 12];
+    let mut n = r as u32;
+    let mut k = num.len();
+    loop {
+        k -= 1;
+        num[k] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let tail = &rest[digits..];
+    let total = 6 + (num.len() - k) + tail.len();
+    if total + 1 > buf.len() {
+        return None;
+    }
+    buf[..6].copy_from_slice(b"/proc/");
+    buf[6..6 + num.len() - k].copy_from_slice(&num[k..]);
+    buf[6 + num.len() - k..total].copy_from_slice(tail);
+    buf[total] = 0;
+    Some(buf.as_ptr() as *const libc::c_char)
+}
+
+static REAL_OPENAT: AtomicUsize = AtomicUsize::new(0);
+static REAL_OPEN: AtomicUsize = AtomicUsize::new(0);
+static REAL_FOPEN: AtomicUsize = AtomicUsize::new(0);
+static REAL_OPENDIR: AtomicUsize = AtomicUsize::new(0);
+static REAL_READLINK: AtomicUsize = AtomicUsize::new(0);
+static REAL_ACCESS: AtomicUsize = AtomicUsize::new(0);
+
+/// Resolves the path functions interposed for /proc/<pid> (at start-up: no lookup later).
+pub fn resolve_path_functions() {
+    next_symbol(&REAL_OPENAT, b"openat\0");
+    next_symbol(&REAL_OPEN, b"open\0");
+    next_symbol(&REAL_FOPEN, b"fopen\0");
+    next_symbol(&REAL_OPENDIR, b"opendir\0");
+    next_symbol(&REAL_READLINK, b"readlink\0");
+    next_symbol(&REAL_ACCESS, b"access\0");
+}
+
+type OpenFn = unsafe extern "C" fn(*const libc::c_char, libc::c_int, libc::mode_t) -> libc::c_int;
+type OpenatFn = unsafe extern "C" fn(
+    libc::c_int,
+    *const libc::c_char,
+    libc::c_int,
+    libc::mode_t,
+) -> libc::c_int;
+
+/// # Safety
+/// Same contract as libc's open (the mode is read whatever the flags).
+#[no_mangle]
+pub unsafe extern "C" fn open(
+    path: *const libc::c_char,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> libc::c_int {
+    let mut buf = [0u8; 4096];
+    let p = proc_path(path, &mut buf).unwrap_or(path);
+    let f = next_symbol(&REAL_OPEN, b"open\0");
+    // SAFETY: glibc's open.
+    unsafe { std::mem::transmute::<usize, OpenFn>(f)(p, flags, mode) }
+}
+
+/// # Safety
+/// Same contract as libc's open64.
+#[no_mangle]
+pub unsafe extern "C" fn open64(
+    path: *const libc::c_char,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> libc::c_int {
+    // SAFETY: forwarded (open64 is open on 64-bit Linux).
+    unsafe { open(path, flags, mode) }
+}
+
+/// # Safety
+/// Same contract as libc's openat.
+#[no_mangle]
+pub unsafe extern "C" fn openat(
+    dirfd: libc::c_int,
+    path: *const libc::c_char,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> libc::c_int {
+    let mut buf = [0u8; 4096];
+    let p = proc_path(path, &mut buf).unwrap_or(path);
+    let f = next_symbol(&REAL_OPENAT, b"openat\0");
+    // SAFETY: glibc's openat.
+    unsafe { std::mem::transmute::<usize, OpenatFn>(f)(dirfd, p, flags, mode) }
+}
+
+/// # Safety
+/// Same contract as libc's openat64.
+#[no_mangle]
+pub unsafe extern "C" fn openat64(
+    dirfd: libc::c_int,
+    path: *const libc::c_char,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> libc::c_int {
+    // SAFETY: forwarded.
+    unsafe { openat(dirfd, path, flags, mode) }
+}
+
+/// `_FORTIFY_SOURCE` builds call these instead of `open`/`openat`.
+///
+/// # Safety
+/// Same contract as glibc's __open_2.
+#[no_mangle]
+pub unsafe extern "C" fn __open_2(path: *const libc::c_char, flags: libc::c_int) -> libc::c_int {
+    // SAFETY: forwarded (no O_CREAT/O_TMPFILE here: no mode).
+    unsafe { open(path, flags, 0) }
+}
+
+/// # Safety
+/// Same contract as glibc's __open64_2.
+#[no_mangle]
+pub unsafe extern "C" fn __open64_2(path: *const libc::c_char, flags: libc::c_int) -> libc::c_int {
+    // SAFETY: forwarded.
+    unsafe { open(path, flags, 0) }
+}
+
+/// # Safety
+/// Same contract as glibc's __openat_2.
+#[no_mangle]
+pub unsafe extern "C" fn __openat_2(
+    dirfd: libc::c_int,
+    path: *const libc::c_char,
+    flags: libc::c_int,
+) -> libc::c_int {
+    // SAFETY: forwarded.
+    unsafe { openat(dirfd, path, flags, 0) }
+}
+
+/// # Safety
+/// Same contract as glibc's __openat64_2.
+#[no_mangle]
+pub unsafe extern "C" fn __openat64_2(
+    dirfd: libc::c_int,
+    path: *const libc::c_char,
+    flags: libc::c_int,
+) -> libc::c_int {
+    // SAFETY: forwarded.
+    unsafe { openat(dirfd, path, flags, 0) }
+}
+
+/// # Safety
+/// Same contract as libc's fopen.
+#[no_mangle]
+pub unsafe extern "C" fn fopen(
+    path: *const libc::c_char,
+    mode: *const libc::c_char,
+) -> *mut libc::FILE {
+    let mut buf = [0u8; 4096];
+    let p = proc_path(path, &mut buf).unwrap_or(path);
+    let f = next_symbol(&REAL_FOPEN, b"fopen\0");
+    // SAFETY: glibc's fopen.
+    unsafe {
+        std::mem::transmute::<
+            usize,
+            unsafe extern "C" fn(*const libc::c_char, *const libc::c_char) -> *mut libc::FILE,
+        >(f)(p, mode)
+    }
+}
+
+/// # Safety
+/// Same contract as libc's fopen64.
+#[no_mangle]
+pub unsafe extern "C" fn fopen64(
+    path: *const libc::c_char,
+    mode: *const libc::c_char,
+) -> *mut libc::FILE {
+    // SAFETY: forwarded.
+    unsafe { fopen(path, mode) }
+}
+
+/// # Safety
+/// Same contract as libc's opendir.
+#[no_mangle]
+pub unsafe extern "C" fn opendir(path: *const libc::c_char) -> *mut libc::DIR {
+    let mut buf = [0u8; 4096];
+    let p = proc_path(path, &mut buf).unwrap_or(path);
+    let f = next_symbol(&REAL_OPENDIR, b"opendir\0");
+    // SAFETY: glibc's opendir.
+    unsafe {
+        std::mem::transmute::<usize, unsafe extern "C" fn(*const libc::c_char) -> *mut libc::DIR>(f)(
+            p,
+        )
+    }
+}
+
+/// # Safety
+/// Same contract as libc's readlink.
+#[no_mangle]
+pub unsafe extern "C" fn readlink(
+    path: *const libc::c_char,
+    out: *mut libc::c_char,
+    len: libc::size_t,
+) -> libc::ssize_t {
+    let mut buf = [0u8; 4096];
+    let p = proc_path(path, &mut buf).unwrap_or(path);
+    let f = next_symbol(&REAL_READLINK, b"readlink\0");
+    // SAFETY: glibc's readlink.
+    unsafe {
+        std::mem::transmute::<
+            usize,
+            unsafe extern "C" fn(
+                *const libc::c_char,
+                *mut libc::c_char,
+                libc::size_t,
+            ) -> libc::ssize_t,
+        >(f)(p, out, len)
+    }
+}
+
+/// # Safety
+/// Same contract as libc's access.
+#[no_mangle]
+pub unsafe extern "C" fn access(path: *const libc::c_char, mode: libc::c_int) -> libc::c_int {
+    let mut buf = [0u8; 4096];
+    let p = proc_path(path, &mut buf).unwrap_or(path);
+    let f = next_symbol(&REAL_ACCESS, b"access\0");
+    // SAFETY: glibc's access.
+    unsafe {
+        std::mem::transmute::<
+            usize,
+            unsafe extern "C" fn(*const libc::c_char, libc::c_int) -> libc::c_int,
+        >(f)(p, mode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_paths_of_job_processes_are_translated() {
+        set_pid_map(&[(4242, 777), (17, 17)]);
+        RESTORED.store(true, Ordering::Relaxed);
+        let t = |s: &str| {
+            let c = std::ffi::CString::new(s).unwrap();
+            let mut buf = [0u8; 4096];
+            proc_path(c.as_ptr(), &mut buf).map(|p| {
+                // SAFETY: proc_path wrote a NUL-terminated path into buf.
+                unsafe { std::ffi::CStr::from_ptr(p) }
+                    .to_str()
+                    .unwrap()
+                    .to_string()
+            })
+        };
+        assert_eq!(t("/proc/4242/status").as_deref(), Some("/proc/777/status"));
+        assert_eq!(t("/proc/4242").as_deref(), Some("/proc/777"));
+        assert_eq!(t("/proc/42420/status"), None);
+        assert_eq!(t("/proc/17/status"), None);
+        assert_eq!(t("/proc/self/status"), None);
+        assert_eq!(t("/tmp/4242"), None);
+        RESTORED.store(false, Ordering::Relaxed);
+        assert_eq!(t("/proc/4242/status"), None);
+        set_pid_map(&[]);
+    }
 }

@@ -42,6 +42,15 @@ fn sockets_between_processes() {
     run("sockets", &programs().path("sockets"), &["300"]);
 }
 
+/// Children that ended before the checkpoint and were not yet waited for (one exited with
+/// 7, one killed by SIGTERM, and a grandchild zombie of a living child): after each restart
+/// they are still waitable (waitid WNOWAIT) with the same pids and statuses, no extra
+/// SIGCHLD arrives, and at the end waitpid reaps each with its status.
+#[test]
+fn zombies_stay_waitable() {
+    run("zombies", &programs().path("zombies"), &["300"]);
+}
+
 /// A named pipe (FIFO) whose read end the program keeps open: reopened by path.
 #[test]
 fn fifo_kept_open() {
@@ -68,6 +77,7 @@ fn tree_programs_self_check() {
         ("tree", vec!["12"]),
         ("pipeline", vec!["12"]),
         ("shm", vec!["12"]),
+        ("zombies", vec!["12"]),
     ] {
         let prog = programs().path(name);
         let t = std::time::Duration::from_secs(60);

@@ -313,6 +313,9 @@ pub fn meta(vpid: i32, generation: u64) -> ProcessMeta {
         },
         terminal: None,
         entry: Entry::default(),
+        zombies: vec![],
+        sysv: vec![],
+        sem_adj: vec![],
     }
 }
 
