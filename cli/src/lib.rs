@@ -80,6 +80,12 @@ Example: ckpt launch --ckpt-dir ~/ckpt/sim --interval 30m -- ./simulate --steps 
         /// now (+3h50m), e.g. shortly before a batch system's time limit.
         #[arg(long, value_name = "TIME", value_parser = coord::parse_at)]
         checkpoint_at: Option<u64>,
+        /// A file descriptor that cannot be checkpointed (a connection to a process outside
+        /// the job, an unsupported kind) is left out with a warning in the log, and is
+        /// /dev/null after a restart, instead of refusing the checkpoint
+        /// (CKPT_SKIP_UNSUPPORTED=1 in the program's environment).
+        #[arg(long)]
+        skip_unsupported: bool,
         /// The program and its arguments (put `--` before them).
         #[arg(
             value_name = "PROGRAM",
@@ -259,6 +265,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             keep,
             listen,
             checkpoint_at,
+            skip_unsupported,
             program,
         } => launch(
             &coord::resolve_ckpt_dir(dir.ckpt_dir),
@@ -269,6 +276,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 checkpoint_at,
             },
             &program,
+            skip_unsupported,
         ),
         Cmd::Checkpoint { dir, kill, json } => {
             checkpoint(&coord::resolve_ckpt_dir(dir.ckpt_dir), kill, json)
@@ -313,7 +321,12 @@ pub fn runtime_env(lib: &Path, dir: &Path, socket: &Path) -> Vec<(OsString, OsSt
     ]
 }
 
-fn launch(dir: &Path, opts: &coord::CoordOptions, program: &[OsString]) -> anyhow::Result<()> {
+fn launch(
+    dir: &Path,
+    opts: &coord::CoordOptions,
+    program: &[OsString],
+    skip_unsupported: bool,
+) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let Some((prog, args)) = program.split_first() else {
         bail!("no program given: ckpt launch [OPTIONS] -- PROGRAM [ARGS...]");
@@ -339,6 +352,9 @@ fn launch(dir: &Path, opts: &coord::CoordOptions, program: &[OsString]) -> anyho
     let socket = coord::ensure_coordinator_with(dir, opts)?;
     let mut cmd = std::process::Command::new(prog);
     cmd.args(args).envs(runtime_env(&lib, dir, &socket));
+    if skip_unsupported {
+        cmd.env("CKPT_SKIP_UNSUPPORTED", "1");
+    }
     let err = cmd.exec();
     let code = match err.kind() {
         std::io::ErrorKind::NotFound => 127,

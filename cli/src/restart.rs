@@ -406,6 +406,12 @@ fn connected_sockets(
             }
         }
     }
+    // Ports the restored processes bind again.
+    let bound_ports: Vec<u16> = ends
+        .iter()
+        .filter(|e| e.domain != libc::AF_UNIX && (e.state == "listening" || e.state == "bound"))
+        .filter_map(|e| crate::rendezvous::sockaddr(&e.local).map(|a| a.port()))
+        .collect();
     let mut out: Vec<(u64, RawFd)> = Vec::new();
     for i in 0..ends.len() {
         let e = &ends[i];
@@ -459,12 +465,23 @@ fn connected_sockets(
             (sv[0], sv[1])
         } else {
             let v6 = e.domain == libc::AF_INET6;
-            let lst = std::net::TcpListener::bind(if v6 { "[::1]:0" } else { "127.0.0.1:0" })
-                .context("listening on loopback to re-create a TCP connection")?;
-            let c = std::net::TcpStream::connect(lst.local_addr()?)
-                .context("re-creating a TCP connection")?;
-            let (s, _) = lst.accept()?;
-            (c.into_raw_fd(), s.into_raw_fd())
+            // The new connection's ports must not be ports that the restored processes
+            // bind again (their listening and bound sockets): those binds would fail.
+            let mut tries = 0;
+            loop {
+                let lst = std::net::TcpListener::bind(if v6 { "[::1]:0" } else { "127.0.0.1:0" })
+                    .context("listening on loopback to re-create a TCP connection")?;
+                let c = std::net::TcpStream::connect(lst.local_addr()?)
+                    .context("re-creating a TCP connection")?;
+                let (s, _) = lst.accept()?;
+                let clash = [c.local_addr()?.port(), s.local_addr()?.port()]
+                    .iter()
+                    .any(|p| bound_ports.contains(p));
+                tries += 1;
+                if !clash || tries > 64 {
+                    break (c.into_raw_fd(), s.into_raw_fd());
+                }
+            }
         };
         // SAFETY: wrapping our new fds to move them high and clear close-on-exec.
         let (a, b) = unsafe {

@@ -686,6 +686,9 @@ fn serve(stream: &mut UnixStream) -> Outcome {
                         if cy.suspended_at.is_some() && !hold {
                             threads::resume_all();
                         }
+                        if hold {
+                            crate::sockets::reset_on_exit();
+                        }
                         Ok(())
                     }
                 };

@@ -18,6 +18,11 @@ const DEVICES: &[&str] = &[
 /// Describes every fd of the process except `skip` (the runtime's own). `Err` names an fd
 /// that cannot be checkpointed yet. Contents of memfds and deleted files and the locks held
 /// are saved in the runtime's memory on the way (see `memfd`, `locks`).
+/// `CKPT_SKIP_UNSUPPORTED=1` (`ckpt launch --skip-unsupported`): a descriptor that cannot be
+/// checkpointed is left out (restored as /dev/null) with a warning instead of refusing.
+pub static SKIP_UNSUPPORTED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 pub fn dump(skip: &[i32]) -> Result<Vec<FdMeta>, String> {
     let mut fds = crate::sys::list_numeric_dir("/proc/self/fd")
         .map_err(|e| format!("listing /proc/self/fd: {e}"))?;
@@ -62,9 +67,28 @@ pub fn dump(skip: &[i32]) -> Result<Vec<FdMeta>, String> {
                 }
             }
         }
-        if let Some(m) = describe_in(fd, skip)? {
-            seen.push((fd, st.st_dev, st.st_ino));
-            out.push(m);
+        match describe_in(fd, skip) {
+            Ok(Some(m)) => {
+                seen.push((fd, st.st_dev, st.st_ino));
+                out.push(m);
+            }
+            Ok(None) => {}
+            Err(e) if SKIP_UNSUPPORTED.load(std::sync::atomic::Ordering::Relaxed) => {
+                // The user asked for it (`ckpt launch --skip-unsupported`): the fd is left
+                // out of the image and comes back as /dev/null, with a warning.
+                crate::warn!("{e}: skipped (--skip-unsupported); it is /dev/null after a restart");
+                // SAFETY: F_GETFD on an open fd.
+                let fdfl = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+                out.push(FdMeta {
+                    fd,
+                    flags: libc::O_RDWR,
+                    cloexec: fdfl >= 0 && fdfl & libc::FD_CLOEXEC != 0,
+                    kind: FdKind::Device {
+                        path: "/dev/null".into(),
+                    },
+                });
+            }
+            Err(e) => return Err(e),
         }
     }
     crate::pipes::check(&out)?;
@@ -595,14 +619,14 @@ mod tests {
         };
         // replaced (new inode), same bytes: accepted, offset kept
         replace(b"#!/bin/bash\necho one\necho two\n");
-        restore(std::slice::from_ref(&me), &[], &[], &[]).unwrap();
+        restore(std::slice::from_ref(&me), &[], &[], &[], &[]).unwrap();
         // SAFETY: querying the restored fd.
         assert_eq!(unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) }, 12);
         // SAFETY: closing the fd restore opened.
         unsafe { libc::close(fd) };
         // replaced with other content: refused, naming the file
         replace(b"#!/bin/bash\necho ONE\necho two\n");
-        let e = restore(std::slice::from_ref(&me), &[], &[], &[]).unwrap_err();
+        let e = restore(std::slice::from_ref(&me), &[], &[], &[], &[]).unwrap_err();
         assert!(
             e.contains("script.sh") && e.contains("other content"),
             "{e}"

@@ -137,6 +137,8 @@ extern "C" fn ctor(argc: i32, argv: *const *const c_char, envp: *const *const c_
                     agent::REEXEC_VPPID.store(b, Ordering::Relaxed);
                 }
             }
+        } else if let Some(v) = s.strip_prefix("CKPT_SKIP_UNSUPPORTED=") {
+            files::SKIP_UNSUPPORTED.store(!v.is_empty() && v != "0", Ordering::Relaxed);
         } else if let Some(v) = s.strip_prefix("CKPT_REEXEC=") {
             reexec_list = v.to_string();
         } else if let Some(r) = [

@@ -62,7 +62,41 @@ const OPTS: &[(i32, i32)] = &[
     (libc::SOL_SOCKET, libc::SO_RCVBUF),
     (libc::SOL_SOCKET, libc::SO_SNDBUF),
     (libc::IPPROTO_TCP, libc::TCP_NODELAY),
+    // Before bind: an IPv6 socket beside an IPv4 one on the same port (Open MPI listens
+    // on both) can only be bound again with its V6ONLY as it was.
+    (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),
 ];
+
+/// The job ends after this checkpoint (`hold`): every TCP socket of the process is set to
+/// reset rather than close gracefully when the process dies (SO_LINGER 0), so that no
+/// connection stays in TIME_WAIT on its port: a restart right away must be able to bind
+/// the same listening ports again (a TIME_WAIT left by a listener without SO_REUSEADDR
+/// blocks that for a minute).
+pub fn reset_on_exit() {
+    let Ok(fds) = crate::sys::list_numeric_dir("/proc/self/fd") else {
+        return;
+    };
+    for fd in fds {
+        let domain = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(-1);
+        let stype = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).unwrap_or(-1);
+        if (domain == libc::AF_INET || domain == libc::AF_INET6) && stype == libc::SOCK_STREAM {
+            let l = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: setsockopt with a linger struct from the stack on our own socket.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    &l as *const libc::linger as *const libc::c_void,
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+        }
+    }
+}
 
 /// Describes socket `fd` (threads are parked).
 pub fn describe(fd: i32, inode: u64) -> Result<FdKind, String> {
@@ -89,7 +123,9 @@ pub fn describe(fd: i32, inode: u64) -> Result<FdKind, String> {
     let mut options = Vec::new();
     let is_tcp = domain != libc::AF_UNIX && stype == libc::SOCK_STREAM;
     for &(level, name) in OPTS {
-        if level == libc::IPPROTO_TCP && !is_tcp {
+        if (level == libc::IPPROTO_TCP && !is_tcp)
+            || (level == libc::IPPROTO_IPV6 && domain != libc::AF_INET6)
+        {
             continue;
         }
         if let Some(v) = getsockopt_int(fd, level, name) {
@@ -348,6 +384,12 @@ pub fn create(kind: &FdKind, inherited: &[(u64, i32)]) -> Result<i32, String> {
                         &one as *const _ as *const libc::c_void,
                         4,
                     )
+                };
+            }
+            for &(level, name, v) in options.iter().filter(|o| o.0 == libc::IPPROTO_IPV6) {
+                // SAFETY: setsockopt of an int option read at checkpoint, before the bind.
+                unsafe {
+                    libc::setsockopt(fd, level, name, &v as *const _ as *const libc::c_void, 4)
                 };
             }
             // SAFETY: bind to the recorded address bytes.
