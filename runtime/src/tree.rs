@@ -78,22 +78,23 @@ pub fn pipe_in_job(inode: u64, write: bool) -> bool {
     false
 }
 
+/// Whether process `p` has an fd on `link` (e.g. "socket:[123]").
+fn holds(p: i32, link: &str) -> bool {
+    crate::sys::list_numeric_dir(&format!("/proc/{p}/fd"))
+        .map(|fds| {
+            fds.into_iter().any(|fd| {
+                std::fs::read_link(format!("/proc/{p}/fd/{fd}"))
+                    .map(|l| l.to_string_lossy() == link)
+                    .unwrap_or(false)
+            })
+        })
+        .unwrap_or(false)
+}
+
 /// Whether some process of the job (this one included) has an fd on `link` (e.g.
 /// "socket:[123]").
 pub fn held_in_job(link: &str) -> bool {
-    for p in job_processes() {
-        if let Ok(fds) = crate::sys::list_numeric_dir(&format!("/proc/{p}/fd")) {
-            for fd in fds {
-                if std::fs::read_link(format!("/proc/{p}/fd/{fd}"))
-                    .map(|l| l.to_string_lossy() == link)
-                    .unwrap_or(false)
-                {
-                    return true;
-                }
-            }
-        }
-    }
-    false
+    job_processes().into_iter().any(|p| holds(p, link))
 }
 
 /// Whether a process of the same job outside this process tree (another task of the job
@@ -105,28 +106,12 @@ pub fn held_by_other_tree(link: &str) -> bool {
     let Ok(pids) = crate::sys::list_numeric_dir("/proc") else {
         return false;
     };
-    for p in pids {
-        if me.contains(&p) {
-            continue;
-        }
-        let same_job = std::fs::read(format!("/proc/{p}/environ"))
+    pids.into_iter().filter(|p| !me.contains(p)).any(|p| {
+        std::fs::read(format!("/proc/{p}/environ"))
             .map(|e| e.split(|b| *b == 0).any(|v| v == want.as_bytes()))
-            .unwrap_or(false);
-        if !same_job {
-            continue;
-        }
-        if let Ok(fds) = crate::sys::list_numeric_dir(&format!("/proc/{p}/fd")) {
-            for fd in fds {
-                if std::fs::read_link(format!("/proc/{p}/fd/{fd}"))
-                    .map(|l| l.to_string_lossy() == link)
-                    .unwrap_or(false)
-                {
-                    return true;
-                }
-            }
-        }
-    }
-    false
+            .unwrap_or(false)
+            && holds(p, link)
+    })
 }
 
 /// Whether some process of the job holds the master of pty `index` (a `/dev/ptmx` fd whose
