@@ -1261,6 +1261,17 @@ fn post_restart() -> Result<(), String> {
         vids::set_pid_map(&a.pairs());
     }
     vids::reopen_pidfds(&st.fds)?;
+    // A SIGTERM held before the checkpoint belonged to the old incarnation: its byte in the
+    // self-pipe (restored with the pipe's contents) must not end this one.
+    TERM_ASKED.store(false, Ordering::Relaxed);
+    let tr = TERM_PIPE[0].load(Ordering::Relaxed);
+    if tr >= 0 {
+        let mut b = [0u8; 64];
+        // SAFETY: our own self-pipe (created non-blocking; made sure of) read into a local.
+        unsafe { libc::fcntl(tr, libc::F_SETFL, libc::O_NONBLOCK) };
+        // SAFETY: as above.
+        while unsafe { sys::syscall3(libc::SYS_read, tr as u64, b.as_mut_ptr() as u64, 64) } > 0 {}
+    }
     crate::tty::after_barrier(tree::is_root());
     info!("restart: {n} thread(s) recreated");
     crate::timers::restore()?; // issue 3: setitimer and POSIX timers (new tids known)
