@@ -858,7 +858,8 @@ fn list_shows_generations_of_a_real_job() {
 fn deadline_checkpoint_at_a_given_time() {
     let sb = Sandbox::new("deadline");
     let dir = sb.ckpt_dir();
-    let job = launch_counter(&sb, &dir, &["--checkpoint-at", "+3s"]);
+    let mut job = launch_counter(&sb, &dir, &["--checkpoint-at", "+3s"]);
+    let before = job.max_tick().unwrap_or(0);
     let out = sb_ckpt(&sb, &dir, &["status", "--json"]);
     assert!(out.success(), "{}", out.report());
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
@@ -889,6 +890,7 @@ fn deadline_checkpoint_at_a_given_time() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    let at_most = job.max_tick().unwrap_or(0);
     ticks_on(&job, 5);
     let events = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
     assert_eq!(events.matches("\"deadline\"").count(), 1, "{events}");
@@ -897,4 +899,28 @@ fn deadline_checkpoint_at_a_given_time() {
     assert!(v["deadline_unix"].is_null(), "the deadline is spent: {v:#}");
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(listed(&sb, &dir).len(), 1, "a deadline fires once");
+    // The deadline checkpoint holds the program's state of that moment: the job ends, and a
+    // restart from it continues from a tick between the launch and the checkpoint.
+    job.kill();
+    let restarted = Job::spawn(
+        "restart from the deadline checkpoint",
+        sb.ckpt(&[
+            OsString::from("restart"),
+            dir.clone().into(),
+            "--generation".into(),
+            "1".into(),
+        ]),
+    );
+    restarted.wait_tick(at_most + 3, T).unwrap();
+    let first = restarted.ticks().first().copied();
+    assert!(
+        first.is_some_and(|f| f > before && f <= at_most + 1),
+        "restored at the deadline's state: first tick {first:?}, launch saw {before}, checkpoint listed at {at_most}\n{}",
+        restarted.transcript(20)
+    );
+    assert!(
+        restarted.first_fail().is_none(),
+        "{}",
+        restarted.transcript(20)
+    );
 }
